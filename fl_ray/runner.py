@@ -1,0 +1,101 @@
+"""``fl-ray run``: validate, create the run directory, start Ray and the coordinator, loop rounds.
+
+The driver only orchestrates: the coordinator actor does the work and writes the run directory,
+so ``ray job submit -- fl-ray run ...`` behaves exactly like a local run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from fl_ray import __version__
+from fl_ray.config import Recipe, load_recipe
+from fl_ray.display import RunDisplay, baseline_table, result_table
+from fl_ray.rundir import RunDir
+
+
+def absolutize(recipe: Recipe) -> Recipe:
+    """Resolve relative paths against the driver's working directory before they travel:
+    actors may start in another directory."""
+    silos = tuple(
+        s.model_copy(update={"data_dir": str(Path(s.data_dir).resolve())}) for s in recipe.silos
+    )
+    base = recipe.base_model.model_copy(
+        update={"path": str(Path(recipe.base_model.path).resolve())}
+    )
+    return recipe.model_copy(update={"silos": silos, "base_model": base})
+
+
+def run_federation(
+    recipe: Recipe, resume: bool = False, console: Console | None = None
+) -> dict[str, Any]:
+    """Run (or resume) a recipe to its last round; returns a summary with the run directory."""
+    from fl_ray import ray_backend  # Ray is imported only when a run really starts
+
+    console = console or Console()
+    started = time.perf_counter()
+    if resume:
+        run = RunDir(recipe.run_dir)
+    else:
+        run = RunDir.create(
+            recipe,
+            {
+                "run_name": recipe.run_name,
+                "recipe_sha256": recipe.fingerprint(),
+                "fl_ray_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+    console.print(f"run directory: [bold]{run.root}[/bold]")
+    owned = ray_backend.connect(recipe)
+    client = None
+    try:
+        client = ray_backend.CoordinatorClient(absolutize(recipe), str(run.root.resolve()))
+        first = client.call("start")
+        done = int(first["round"])
+        with RunDisplay(recipe.rounds) as display:
+            display.progress.update(display.task, completed=done)
+            display.round_done(first)
+            for round_num in range(done + 1, recipe.rounds + 1):
+                display.round_done(client.call("run_round", round_num))
+        summary = client.call("finish")
+    finally:
+        if client is not None:
+            client.close()
+        ray_backend.disconnect(owned)
+    metrics = run.all_metrics()
+    console.print(result_table(metrics[0], metrics[-1]))
+    if "baseline" in summary:
+        console.print(baseline_table(summary["baseline"]))
+    summary.update(run_dir=str(run.root), wall_s=time.perf_counter() - started)
+    console.print(f"final adapter: {summary['adapter_dir']}")
+    if "merged_dir" in summary:
+        console.print(f"merged model:  {summary['merged_dir']}")
+    console.print(f"metrics:       {run.root / 'metrics.jsonl'}")
+    console.print(f"wall time:     {summary['wall_s']:.1f} s")
+    return summary
+
+
+def resume_run(run_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
+    """Continue a run from its last complete round, with the recipe it was started with."""
+    run = RunDir(run_dir)
+    if not (run.root / "recipe.yaml").is_file():
+        raise FileNotFoundError(f"{run.root} is not a run directory (no recipe.yaml)")
+    recipe = load_recipe(run.root / "recipe.yaml")
+    info = run.run_info()
+    if info.get("recipe_sha256") != recipe.fingerprint():
+        raise ValueError(f"{run.root}/recipe.yaml does not match the recipe the run started with")
+    # the run directory may have moved since it was created: point the recipe at it
+    recipe = recipe.model_copy(
+        update={"output_dir": str(run.root.parent), "run_name": run.root.name}
+    )
+    return run_federation(recipe, resume=True, console=console)
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
