@@ -7,6 +7,7 @@ stderr and exits with code 2 -- no traceback, nothing written.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 
@@ -92,8 +93,16 @@ def _add_demo_assets(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_make_data)
 
 
-# Each entry adds one or more subcommands; a feature module brings its own.
+# Each entry adds one or more subcommands.
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_run, _add_demo_assets]
+# Feature modules bring their own subcommands through a ``register(subparsers)`` function.
+FEATURE_CLIS = (
+    "fl_ray.cli_audit",  # keygen, verify
+    "fl_ray.cli_serve",  # serve
+    "fl_ray.cli_report",  # report
+    "fl_ray.cli_cluster",  # submit
+    "fl_ray.cli_bench",  # bench
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for register in REGISTRARS:
         register(sub)
+    for module_name in FEATURE_CLIS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:  # a real missing dependency, not an absent feature
+                raise
+            continue
+        module.register(sub)
     return parser
 
 

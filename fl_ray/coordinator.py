@@ -155,16 +155,18 @@ class Coordinator:
         if status == "ok":
             names = sorted(accepted)
             weights = [self._weight(accepted[n]) for n in names]
-            new_global, new_server = aggregate(
+            merged = aggregate(
                 recipe.strategy.name,
                 recipe.strategy.params(),
                 self.global_state,
                 [accepted[n].state for n in names],
                 weights,
                 self.server_state,
+                seed=derive_seed(recipe.seed, "merge", round_num),
             )
+            new_global, new_server, merge_info = merged.state, merged.server_state, merged.info
         else:  # quorum missed: the global adapter and server state stay as they were
-            new_global, new_server = self.global_state, self.server_state
+            new_global, new_server, merge_info = self.global_state, self.server_state, {}
 
         evals = self.pool.evaluate(new_global, self.pool.names)
         for name, ev in evals.items():
@@ -174,6 +176,7 @@ class Coordinator:
             "round": round_num,
             "status": status,
             "strategy": {"name": recipe.strategy.name, "params": recipe.strategy.params()},
+            "merge_info": merge_info,
             "sampled": sampled,
             "contributed": sorted(accepted) if status == "ok" else [],
             "dropped": dict(sorted(dropped.items())),

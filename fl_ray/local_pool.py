@@ -1,7 +1,7 @@
 """An in-process silo pool: every silo is a plain :class:`Silo` in this process.
 
 Used by unit tests (the coordinator without a cluster) and as the building block of packed
-simulation; production runs use the Ray pool in :mod:`fl_ray.ray_backend`.
+simulation; production runs use the Ray pool in :mod:`fl_ray.on_ray`.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def run_federation(
     recipe: Recipe, resume: bool = False, console: Console | None = None
 ) -> dict[str, Any]:
     """Run (or resume) a recipe to its last round; returns a summary with the run directory."""
-    from fl_ray import ray_backend  # Ray is imported only when a run really starts
+    from fl_ray import on_ray  # Ray is imported only when a run really starts
 
     console = console or Console()
     started = time.perf_counter()
@@ -52,10 +52,10 @@ def run_federation(
             },
         )
     console.print(f"run directory: [bold]{run.root}[/bold]")
-    owned = ray_backend.connect(recipe)
+    owned = on_ray.connect(recipe)
     client = None
     try:
-        client = ray_backend.CoordinatorClient(absolutize(recipe), str(run.root.resolve()))
+        client = on_ray.CoordinatorClient(absolutize(recipe), str(run.root.resolve()))
         first = client.call("start")
         done = int(first["round"])
         with RunDisplay(recipe.rounds) as display:
@@ -67,7 +67,7 @@ def run_federation(
     finally:
         if client is not None:
             client.close()
-        ray_backend.disconnect(owned)
+        on_ray.disconnect(owned)
     metrics = run.all_metrics()
     console.print(result_table(metrics[0], metrics[-1]))
     if "baseline" in summary:

@@ -1,9 +1,14 @@
 """Aggregation strategies: pure functions over adapter states.
 
-Every strategy has the signature
-``merge(global_state, updates, weights, server_state, **params) -> (new_global, server_state)``.
+Every strategy is a function
+
+    merge(global_state, updates, weights, server_state, *, seed, **params) -> MergeResult
+
+``updates`` and ``weights`` are in silo-name order; ``seed`` is derived per round by the
+coordinator (strategies that draw noise must use only it, so a resumed run is bitwise identical).
 Server state (e.g. FedAdam moments) is passed in and returned -- never hidden on an object -- so
-the coordinator can save it with each round and resume exactly.
+the coordinator can save it with each round and resume exactly. ``MergeResult.info`` holds what
+the round record should show (e.g. silos Krum rejected, ε spent).
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from fl_ray.model import AdapterState
-from fl_ray.strategies.fedavg import fedavg, weighted_mean
+from fl_ray.strategies.fedavg import MergeResult, fedavg, weighted_mean
 
-MergeFn = Callable[..., tuple[AdapterState, dict]]
+MergeFn = Callable[..., MergeResult]
+
+# Strategies whose math is defined for silos with different LoRA ranks; all others refuse them.
+MIXED_RANK_STRATEGIES: set[str] = set()
 
 STRATEGIES: dict[str, MergeFn] = {"fedavg": fedavg}
 
@@ -31,10 +39,19 @@ def aggregate(
     global_state: AdapterState,
     updates: Sequence[AdapterState],
     weights: Sequence[float],
-    server_state: dict,
-) -> tuple[AdapterState, dict]:
+    server_state: AdapterState,
+    seed: int = 0,
+) -> MergeResult:
     """Merge silo updates with the named strategy and its recipe parameters."""
-    return get_strategy(name)(global_state, updates, weights, server_state, **params)
+    return get_strategy(name)(global_state, updates, weights, server_state, seed=seed, **params)
 
 
-__all__ = ["STRATEGIES", "aggregate", "fedavg", "get_strategy", "weighted_mean"]
+__all__ = [
+    "MIXED_RANK_STRATEGIES",
+    "STRATEGIES",
+    "MergeResult",
+    "aggregate",
+    "fedavg",
+    "get_strategy",
+    "weighted_mean",
+]

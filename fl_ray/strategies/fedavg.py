@@ -8,10 +8,21 @@ is **not** the average of the silos' weight updates B·A (see ``exact`` for that
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from fl_ray.model import AdapterState
+
+
+@dataclass
+class MergeResult:
+    """A strategy's output: the new global adapter, its server state, and what to record."""
+
+    state: AdapterState
+    server_state: AdapterState = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def normalised_weights(weights: Sequence[float]) -> list[float]:
@@ -50,7 +61,9 @@ def fedavg(
     global_state: AdapterState,
     updates: Sequence[AdapterState],
     weights: Sequence[float],
-    server_state: dict,
-) -> tuple[AdapterState, dict]:
+    server_state: AdapterState,
+    *,
+    seed: int = 0,
+) -> MergeResult:
     """Example-weighted, factor-wise average; keeps no server state."""
-    return weighted_mean(updates, weights), server_state
+    return MergeResult(weighted_mean(updates, weights), server_state)

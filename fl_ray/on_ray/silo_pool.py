@@ -1,52 +1,18 @@
-"""Every Ray API call fl_ray makes lives here: connecting, actors, placement, the object store,
-deadlines, and translating Ray's failures into :class:`SiloFailure` values.
-
-Keeping Ray behind this one module (as Ray Serve routes its calls through one wrapper) lets
-silo, coordinator, strategies and receipts be tested with no cluster at all.
-"""
+"""Silos as Ray actors: placement on their own node, one object-store broadcast per call,
+deadlines, and Ray's failures translated into :class:`SiloFailure` values."""
 
 from __future__ import annotations
 
-import math
-import os
 from typing import Any
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from fl_ray.config import Recipe, SiloSpec
-from fl_ray.coordinator import Coordinator, SiloFailure
+from fl_ray.coordinator import SiloFailure
 from fl_ray.model import AdapterState
-from fl_ray.rundir import RunDir
+from fl_ray.on_ray.connect import SILO_LABEL
 from fl_ray.silo import Silo, SiloUpdate
-
-SILO_LABEL = "fl-silo"  # node label key that names the department a node belongs to
-_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def connect(recipe: Recipe) -> bool:
-    """Join the cluster in RAY_ADDRESS, or start an embedded local Ray; True if we started it."""
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": _ENV}, log_to_driver=True)
-        return False
-    # Logical CPUs: every silo actor holds its CPUs for life, so ask for at least their sum.
-    wanted = sum(s.num_cpus for s in recipe.silos)
-    ray.init(
-        address="local",
-        num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)),
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": _ENV},
-    )
-    return True
-
-
-def disconnect(owned: bool) -> None:
-    if owned and ray.is_initialized():
-        ray.shutdown()
 
 
 class _SiloActor:
@@ -156,50 +122,3 @@ class RaySiloPool:
         for actor in self.actors.values():
             ray.kill(actor, no_restart=True)
         self.actors.clear()
-
-
-class _CoordinatorActor:
-    """The coordinator as a Ray actor: owns the silo pool and the run directory."""
-
-    def __init__(self, recipe: Recipe, run_root: str) -> None:
-        self.pool = RaySiloPool(recipe)
-        self.coordinator = Coordinator(recipe, RunDir(run_root), self.pool)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def start(self) -> dict[str, Any]:
-        return self.coordinator.start()
-
-    def run_round(self, round_num: int) -> dict[str, Any]:
-        return self.coordinator.run_round(round_num)
-
-    def finish(self) -> dict[str, Any]:
-        return self.coordinator.finish()
-
-    def close(self) -> None:
-        self.pool.close()
-
-
-class CoordinatorClient:
-    """Driver-side handle on the coordinator actor; every call blocks for its result."""
-
-    def __init__(self, recipe: Recipe, run_root: str) -> None:
-        # num_cpus=0: the coordinator mostly waits; the CPUs belong to the silos.
-        self.actor = ray.remote(num_cpus=0, max_restarts=0)(_CoordinatorActor).remote(
-            recipe, run_root
-        )
-
-    def call(self, method: str, *args: Any) -> Any:
-        try:
-            return ray.get(getattr(self.actor, method).remote(*args))
-        except RayTaskError as err:
-            cause = getattr(err, "cause", None)
-            raise (cause if isinstance(cause, Exception) else RuntimeError(str(err))) from None
-
-    def close(self) -> None:
-        try:
-            ray.get(self.actor.close.remote(), timeout=60)
-        except RayError:
-            pass
-        ray.kill(self.actor, no_restart=True)

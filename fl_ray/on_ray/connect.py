@@ -1,0 +1,38 @@
+"""Joining or starting Ray: RAY_ADDRESS when set, else an embedded local Ray owned by this run."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import ray
+
+from fl_ray.config import Recipe
+
+SILO_LABEL = "fl-silo"  # node label key that names the department a node belongs to
+_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def connect(recipe: Recipe) -> bool:
+    """Join the cluster in RAY_ADDRESS, or start an embedded local Ray; True if we started it."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env={"env_vars": _ENV}, log_to_driver=True)
+        return False
+    # Logical CPUs: every silo actor holds its CPUs for life, so ask for at least their sum.
+    wanted = sum(s.num_cpus for s in recipe.silos)
+    ray.init(
+        address="local",
+        num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)),
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": _ENV},
+    )
+    return True
+
+
+def disconnect(owned: bool) -> None:
+    if owned and ray.is_initialized():
+        ray.shutdown()
