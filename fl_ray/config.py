@@ -45,6 +45,14 @@ class DataSpec(_Frozen):
     eval_file: str = "eval.jsonl"
 
 
+class AttackSpec(_Frozen):
+    """Simulated adversary (for testing defences): how this silo corrupts its update."""
+
+    kind: Literal["sign_flip", "scale", "gaussian", "nan"]
+    factor: float = 100.0  # scale: update delta multiplied by this
+    sigma: float = 1.0  # gaussian: std of noise added to the update
+
+
 class SiloSpec(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     data_dir: str
@@ -53,6 +61,8 @@ class SiloSpec(_Frozen):
     weight: float | None = None  # None: weight by example count
     lora_r: int | None = Field(None, ge=1)  # per-silo rank (exact merging only)
     node_label: str | None = None  # value of the `fl-silo` node label this silo is pinned to
+    keystore: str | None = None  # this silo's keystore; default <federation.keys_dir>/<name>.json
+    attack: AttackSpec | None = None  # simulation only: make this silo adversarial
 
 
 class TrainSpec(_Frozen):
@@ -80,6 +90,39 @@ class RoundSpec(_Frozen):
     fraction: float = Field(1.0, gt=0, le=1.0)
 
 
+class FederationSpec(_Frozen):
+    """Identity and keys: who may sign what (EIP-712 domain, roster of public addresses)."""
+
+    id: str = Field("fl-ray-demo", pattern=r"^[A-Za-z0-9_.:-]+$")
+    roster: str | None = None  # roster.json (public addresses); None with demo_keys
+    keys_dir: str | None = None  # keystores <silo>.json and coordinator.json
+    password_env: str = "FL_RAY_KEY_PASSWORD"  # env var holding the keystore password
+    password_file: str | None = None  # or a file holding it (never the command line)
+    demo_keys: bool = False  # create throwaway demo keys inside the run directory
+    sign: bool = True  # sign updates and round receipts
+
+
+class PlacementSpec(_Frozen):
+    mode: Literal["per_node", "pack"] = "per_node"  # pack: few workers host many virtual silos
+    pack_workers: int | None = Field(None, ge=1)  # pack: worker actors (default: one per core)
+    on_unplaceable: Literal["fail", "drop"] = "fail"  # a silo whose labelled node is absent
+    placement_timeout_s: float = Field(120.0, gt=0)
+
+
+class ServeSpec(_Frozen):
+    port: int = Field(8000, ge=1, le=65535)
+    replicas: int = Field(1, ge=1)
+    min_replicas: int | None = Field(None, ge=0)  # set both min/max for autoscaling
+    max_replicas: int | None = Field(None, ge=1)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+
+
+class LoggingSpec(_Frozen):
+    tensorboard: bool = False  # write round metrics as TensorBoard scalars (if installed)
+    mlflow: bool = False  # log round metrics to MLflow (if installed)
+
+
 class BaselineSpec(_Frozen):
     local_only: bool = False  # also train each silo alone, for the "federation helps" check
 
@@ -105,6 +148,10 @@ class Recipe(_Frozen):
     round: RoundSpec = RoundSpec()
     baseline: BaselineSpec = BaselineSpec()
     output: OutputSpec = OutputSpec()
+    federation: FederationSpec = FederationSpec()
+    placement: PlacementSpec = PlacementSpec()
+    serve: ServeSpec = ServeSpec()
+    logging: LoggingSpec = LoggingSpec()
 
     @field_validator("silos")
     @classmethod
