@@ -17,7 +17,7 @@ from fl_ray.config import Recipe
 from fl_ray.model import AdapterState, initial_adapter_state, save_merged_model, save_peft_adapter
 from fl_ray.rundir import RunDir
 from fl_ray.silo import SiloUpdate, derive_seed
-from fl_ray.strategies import aggregate
+from fl_ray.strategies import MIXED_RANK_STRATEGIES, aggregate, shared_keys
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,12 @@ def sample_silos(names: list[str], fraction: float, min_silos: int, seed: int, r
 
 
 def check_update(
-    update: Any, round_num: int, expected: str, global_state: AdapterState, same_shapes: bool
+    update: Any,
+    round_num: int,
+    expected: str,
+    global_state: AdapterState,
+    keys: list[str],
+    same_shapes: bool,
 ) -> str | None:
     """Why a reply must not be merged, or None if it may."""
     if not isinstance(update, SiloUpdate):
@@ -69,8 +74,8 @@ def check_update(
         return f"reply claims to be from {update.silo!r}"
     if update.round != round_num:
         return f"reply is for round {update.round}, not {round_num}"
-    if sorted(update.state) != sorted(global_state):
-        return "update tensor names differ from the global adapter"
+    if sorted(update.state) != keys:
+        return "update tensor names differ from what the strategy expects"
     for key, tensor in update.state.items():
         if same_shapes and tensor.shape != global_state[key].shape:
             return f"tensor {key} has shape {tuple(tensor.shape)}"
@@ -79,6 +84,26 @@ def check_update(
     if update.num_examples <= 0:
         return "example count is not positive"
     return None
+
+
+def contribution_cosines(
+    before: AdapterState, after: AdapterState, accepted: dict[str, SiloUpdate]
+) -> dict[str, float | None]:
+    """Cosine between each silo's update direction and the merged step (a contribution score).
+
+    Compared over the tensors the silo sent, in the same shapes as the global adapter.
+    """
+    scores: dict[str, float | None] = {}
+    for name, update in accepted.items():
+        keys = [k for k in sorted(update.state) if update.state[k].shape == before[k].shape]
+        if not keys:
+            scores[name] = None
+            continue
+        mine = torch.cat([(update.state[k] - before[k]).flatten().double() for k in keys])
+        merged = torch.cat([(after[k] - before[k]).flatten().double() for k in keys])
+        denom = mine.norm() * merged.norm()
+        scores[name] = float(mine @ merged / denom) if denom > 0 else None
+    return scores
 
 
 def mean_eval(evals: dict[str, Any]) -> float | None:
@@ -137,7 +162,14 @@ class Coordinator:
             if isinstance(reply, SiloFailure):
                 dropped[name] = reply.reason
                 continue
-            problem = check_update(reply, round_num, name, self.global_state, same_shapes=True)
+            problem = check_update(
+                reply,
+                round_num,
+                name,
+                self.global_state,
+                shared_keys(recipe.strategy.name, self.global_state),
+                same_shapes=recipe.strategy.name not in MIXED_RANK_STRATEGIES,
+            )
             if problem:
                 dropped[name] = problem
             else:
@@ -168,6 +200,11 @@ class Coordinator:
         else:  # quorum missed: the global adapter and server state stay as they were
             new_global, new_server, merge_info = self.global_state, self.server_state, {}
 
+        if status == "ok":
+            for name, score in contribution_cosines(
+                self.global_state, new_global, accepted
+            ).items():
+                silo_metrics[name]["contribution_cosine"] = score
         evals = self.pool.evaluate(new_global, self.pool.names)
         for name, ev in evals.items():
             silo_metrics.setdefault(name, {}).update(_eval_fields(ev))

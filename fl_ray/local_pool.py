@@ -10,6 +10,7 @@ from fl_ray.config import Recipe
 from fl_ray.coordinator import SiloFailure
 from fl_ray.model import AdapterState
 from fl_ray.silo import Silo, SiloUpdate
+from fl_ray.strategies import silo_options
 
 
 class LocalSiloPool:
@@ -18,7 +19,13 @@ class LocalSiloPool:
     def __init__(self, recipe: Recipe) -> None:
         self.silos = {
             spec.name: Silo(
-                spec, recipe.base_model, recipe.lora, recipe.data, recipe.train, recipe.seed
+                spec,
+                recipe.base_model,
+                recipe.lora,
+                recipe.data,
+                recipe.train,
+                recipe.seed,
+                **silo_options(recipe.strategy.name, recipe.strategy.params()),
             )
             for spec in recipe.silos
         }

@@ -24,8 +24,6 @@ AdapterState = dict[str, torch.Tensor]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def lora_config(spec: LoraSpec, r: int | None = None) -> LoraConfig:
     rank = r or spec.r
@@ -46,11 +44,12 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tok
 
 
-def load_base(spec: BaseModelSpec, device_map: str | dict | None = None) -> torch.nn.Module:
-    """Load the base causal LM from its local directory, frozen."""
-    dtype = "auto" if spec.dtype == "auto" else _DTYPES[spec.dtype]
+def load_base(spec: BaseModelSpec, gpus: int = 0) -> torch.nn.Module:
+    """Load the base causal LM from its local directory, frozen, placed on ``gpus`` GPUs."""
+    from fl_ray.devices import base_load_kwargs
+
     model = AutoModelForCausalLM.from_pretrained(
-        spec.path, dtype=dtype, local_files_only=True, device_map=device_map
+        spec.path, local_files_only=True, **base_load_kwargs(spec, gpus)
     )
     model.requires_grad_(False)
     return model

@@ -15,6 +15,7 @@ import datasets
 import torch
 import transformers
 
+from fl_ray.attacks import apply_attack
 from fl_ray.config import BaseModelSpec, DataSpec, LoraSpec, SiloSpec, TrainSpec
 from fl_ray.data import IGNORE_INDEX, TokenizedSplit, batch_indices, load_silo_split
 from fl_ray.model import (
@@ -56,7 +57,12 @@ class Silo:
         data: DataSpec,
         train: TrainSpec,
         seed: int,
+        prox_mu: float = 0.0,
+        train_a: bool = True,
+        model: torch.nn.Module | None = None,
     ) -> None:
+        """``prox_mu`` > 0 adds FedProx's μ/2‖w − w_global‖² to the local loss (Li et al., 2020);
+        ``train_a=False`` freezes every LoRA A matrix (FFA-LoRA, Sun et al., 2024)."""
         torch.set_num_threads(train.threads_per_silo)
         # per-load progress bars from every silo would bury the run's own progress display
         datasets.disable_progress_bars()
@@ -70,8 +76,16 @@ class Silo:
         self.eval_split = load_silo_split(
             spec.data_dir, data, data.eval_file, tokenizer, train.seq_len
         )
-        self.model = attach_lora(load_base(base), lora, r=spec.lora_r)
+        # Several virtual silos of one process may share a model (packed simulation): every
+        # round starts by loading the global adapter and a fresh optimiser, so sharing is safe.
+        self.model = (
+            model
+            if model is not None
+            else attach_lora(load_base(base, gpus=spec.gpus), lora, r=spec.lora_r)
+        )
         self.device = next(self.model.parameters()).device
+        self.prox_mu = float(prox_mu)
+        self.train_a = train_a
 
     @property
     def name(self) -> str:
@@ -80,7 +94,12 @@ class Silo:
     def _train_steps(self, state: AdapterState, steps: int, seed: int) -> tuple[AdapterState, dict]:
         set_adapter_state(self.model, state)
         self.model.train()
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        for name, param in self.model.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(self.train_a or "lora_A" not in name)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
+        anchors = [p.detach().clone() for p in params] if self.prox_mu > 0 else []
         # A fresh optimiser each round: the silo carries no hidden state between rounds, which
         # is what makes a resumed run bitwise identical to an uninterrupted one.
         opt = torch.optim.AdamW(
@@ -92,7 +111,11 @@ class Silo:
         for _ in range(steps):
             idx = batch_indices(len(self.train_split), self.train_spec.batch_size, gen)
             out = self.model(**self._batch(self.train_split, idx))
-            out.loss.backward()
+            loss = out.loss
+            if anchors:
+                prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchors, strict=True))
+                loss = loss + 0.5 * self.prox_mu * prox
+            loss.backward()
             if self.train_spec.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, self.train_spec.max_grad_norm)
             opt.step()
@@ -119,6 +142,11 @@ class Silo:
         started = time.perf_counter()
         seed = derive_seed(self.seed, self.name, round_num)
         state, metrics = self._train_steps(global_state, self.train_spec.local_steps, seed)
+        if not self.train_a:  # FFA-LoRA: A is frozen, so only B travels
+            state = {k: v for k, v in state.items() if "lora_A" not in k}
+        if self.spec.attack is not None:
+            sent_from = {k: global_state[k] for k in state}
+            state = apply_attack(self.spec.attack, state, sent_from, seed)
         metrics["train_seconds"] = time.perf_counter() - started
         return SiloUpdate(self.name, round_num, state, len(self.train_split), metrics)
 

@@ -13,6 +13,7 @@ from fl_ray.coordinator import SiloFailure
 from fl_ray.model import AdapterState
 from fl_ray.on_ray.connect import SILO_LABEL
 from fl_ray.silo import Silo, SiloUpdate
+from fl_ray.strategies import silo_options
 
 
 class _SiloActor:
@@ -20,7 +21,13 @@ class _SiloActor:
 
     def __init__(self, spec: SiloSpec, recipe: Recipe) -> None:
         self.silo = Silo(
-            spec, recipe.base_model, recipe.lora, recipe.data, recipe.train, recipe.seed
+            spec,
+            recipe.base_model,
+            recipe.lora,
+            recipe.data,
+            recipe.train,
+            recipe.seed,
+            **silo_options(recipe.strategy.name, recipe.strategy.params()),
         )
         self.node_id = ray.get_runtime_context().get_node_id()
 

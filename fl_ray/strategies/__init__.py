@@ -26,6 +26,21 @@ MIXED_RANK_STRATEGIES: set[str] = set()
 STRATEGIES: dict[str, MergeFn] = {"fedavg": fedavg}
 
 
+def shared_keys(name: str, global_state: AdapterState) -> list[str]:
+    """The tensor names a silo sends back under this strategy (FFA-LoRA: only the B matrices)."""
+    if name == "ffa":
+        return sorted(k for k in global_state if "lora_A" not in k)
+    return sorted(global_state)
+
+
+def silo_options(name: str, params: dict) -> dict:
+    """What a strategy asks of local training: FedProx's μ, FFA-LoRA's frozen A."""
+    return {
+        "prox_mu": float(params.get("mu", 0.0)) if name == "fedprox" else 0.0,
+        "train_a": name != "ffa",
+    }
+
+
 def get_strategy(name: str) -> MergeFn:
     try:
         return STRATEGIES[name]
@@ -53,5 +68,7 @@ __all__ = [
     "aggregate",
     "fedavg",
     "get_strategy",
+    "shared_keys",
+    "silo_options",
     "weighted_mean",
 ]
