@@ -38,6 +38,11 @@ class LoraSpec(_Frozen):
 
 
 class DataSpec(_Frozen):
+    # random_tokens: the fedbench workload (uniform random token ids, seed random_seed_base +
+    # silo index, loss on every token) -- for benchmarks against peers, not for learning.
+    source: Literal["files", "random_tokens"] = "files"
+    random_seqs: int = Field(512, ge=1)
+    random_seed_base: int = 1000
     format: Literal["jsonl", "parquet"] = "jsonl"
     prompt_field: str = "instruction"
     answer_field: str = "answer"
@@ -55,7 +60,7 @@ class AttackSpec(_Frozen):
 
 class SiloSpec(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
-    data_dir: str
+    data_dir: str = ""
     num_cpus: float = Field(1.0, gt=0)
     gpus: int = Field(0, ge=0)
     weight: float | None = None  # None: weight by example count
@@ -73,6 +78,8 @@ class TrainSpec(_Frozen):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     threads_per_silo: int = Field(1, ge=1)
+    # shuffle: seeded random batches; sequential: consecutive windows (the fedbench peers' order)
+    batch_order: Literal["shuffle", "sequential"] = "shuffle"
 
 
 class StrategySpec(_Frozen):
@@ -234,6 +241,8 @@ def check_files(recipe: Recipe) -> None:
     base = Path(recipe.base_model.path)
     if not (base / "config.json").is_file():
         raise RecipeError(f"recipe: base_model.path: no model config at {base / 'config.json'}")
+    if recipe.data.source != "files":
+        return
     for i, silo in enumerate(recipe.silos):
         for split in (recipe.data.train_file, recipe.data.eval_file):
             path = Path(silo.data_dir) / split
