@@ -22,7 +22,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.resume:
-        resume_run(recipe.run_dir)
+        resume_run(recipe.run_dir, expected=recipe)
     else:
         run_federation(recipe)
     return 0
@@ -128,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     except USAGE_ERRORS as err:
         print(f"fl-ray {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        # a run that stopped (coordinator died, a silo could not start): one line, exit 1
+        if type(err).__name__ not in ("RunInterrupted", "RuntimeError"):
+            raise
+        print(f"fl-ray {args.command}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

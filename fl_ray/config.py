@@ -58,6 +58,16 @@ class AttackSpec(_Frozen):
     sigma: float = 1.0  # gaussian: std of noise added to the update
 
 
+class FaultSpec(_Frozen):
+    """Injected fault (resilience testing): in the listed rounds the silo's process really exits
+    ``after_s`` seconds into training, or stalls ``sleep_s`` seconds before training."""
+
+    kind: Literal["exit", "sleep"]
+    rounds: tuple[int, ...] = ()
+    after_s: float = Field(0.5, ge=0)
+    sleep_s: float = Field(0.0, ge=0)
+
+
 class SiloSpec(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     data_dir: str = ""
@@ -68,6 +78,7 @@ class SiloSpec(_Frozen):
     node_label: str | None = None  # value of the `fl-silo` node label this silo is pinned to
     keystore: str | None = None  # this silo's keystore; default <federation.keys_dir>/<name>.json
     attack: AttackSpec | None = None  # simulation only: make this silo adversarial
+    fault: FaultSpec | None = None  # resilience testing only: make this silo die or stall
 
 
 class TrainSpec(_Frozen):
@@ -114,6 +125,7 @@ class PlacementSpec(_Frozen):
     pack_workers: int | None = Field(None, ge=1)  # pack: worker actors (default: one per core)
     on_unplaceable: Literal["fail", "drop"] = "fail"  # a silo whose labelled node is absent
     placement_timeout_s: float = Field(120.0, gt=0)
+    max_restarts: int = Field(-1, ge=-1)  # silo actor restarts on its own node (-1: unlimited)
 
 
 class ServeSpec(_Frozen):

@@ -6,7 +6,9 @@ in-process objects in unit tests), so the whole loop is testable without a clust
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -14,6 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from fl_ray.config import Recipe
+from fl_ray.crashpoints import crash_point
 from fl_ray.model import AdapterState, initial_adapter_state, save_merged_model, save_peft_adapter
 from fl_ray.rundir import RunDir
 from fl_ray.silo import SiloUpdate, derive_seed
@@ -38,7 +41,7 @@ class SiloPool(Protocol):
     ) -> dict[str, SiloUpdate | SiloFailure]: ...
 
     def evaluate(
-        self, state: AdapterState, names: list[str]
+        self, state: AdapterState, names: list[str], timeout_s: float | None = None
     ) -> dict[str, dict[str, float] | SiloFailure]: ...
 
     def train_alone(self, initial_state: AdapterState, steps: int) -> dict[str, AdapterState]: ...
@@ -130,10 +133,17 @@ class Coordinator:
         last = self.run.last_complete_round()
         if last is not None:
             self.run.rebuild_metrics_log()
-            self.global_state = self.run.load_global(last)
-            self.server_state = self.run.load_server_state(last)
+            try:
+                self.global_state = self.run.load_global(last)
+                self.server_state = self.run.load_server_state(last)
+                metrics = self.run.round_metrics(last)
+            except Exception as err:  # safetensors/JSON errors: name the file, stop cleanly
+                where = self.run.round_dir(last)
+                raise ValueError(f"corrupted checkpoint in {where}: {err}") from None
+            if sorted(self.global_state) != sorted(self.initial_state):
+                raise ValueError(f"checkpoint {self.run.round_dir(last)} is not this recipe's")
             self.round_num = last
-            return self.run.round_metrics(last)
+            return metrics
         self.global_state = self.initial_state
         evals = self.pool.evaluate(self.global_state, self.pool.names)
         metrics = {
@@ -154,7 +164,9 @@ class Coordinator:
         sampled = sample_silos(
             self.pool.names, recipe.round.fraction, recipe.round.min_silos, recipe.seed, round_num
         )
+        crash_point("start", round_num)
         replies = self.pool.train(round_num, self.global_state, sampled, recipe.round.timeout_s)
+        crash_point("collected", round_num)
         accepted: dict[str, SiloUpdate] = {}
         dropped: dict[str, str] = {}
         for name in sampled:
@@ -205,7 +217,7 @@ class Coordinator:
                 self.global_state, new_global, accepted
             ).items():
                 silo_metrics[name]["contribution_cosine"] = score
-        evals = self.pool.evaluate(new_global, self.pool.names)
+        evals = self.pool.evaluate(new_global, self.pool.names, recipe.round.timeout_s)
         for name, ev in evals.items():
             silo_metrics.setdefault(name, {}).update(_eval_fields(ev))
         bytes_down = state_nbytes(self.global_state) * len(sampled)
@@ -237,21 +249,17 @@ class Coordinator:
     def finish(self) -> dict[str, Any]:
         """Export the final adapter (PEFT dir) and merged model; run the local-only baseline."""
         summary: dict[str, Any] = {"rounds": self.round_num}
-        adapter_dir = self.run.final_adapter_dir
-        if not (adapter_dir / "adapter_config.json").exists():
-            adapter_dir.mkdir(parents=True, exist_ok=True)
-            save_peft_adapter(
-                self.recipe.base_model, self.recipe.lora, self.global_state, adapter_dir
-            )
-        summary["adapter_dir"] = str(adapter_dir)
+        exports = [(self.run.final_adapter_dir, save_peft_adapter, "adapter_dir")]
         if self.recipe.output.save_merged:
-            merged_dir = self.run.final_merged_dir
-            if not (merged_dir / "config.json").exists():
-                merged_dir.mkdir(parents=True, exist_ok=True)
-                save_merged_model(
-                    self.recipe.base_model, self.recipe.lora, self.global_state, merged_dir
-                )
-            summary["merged_dir"] = str(merged_dir)
+            exports.append((self.run.final_merged_dir, save_merged_model, "merged_dir"))
+        for target, save, key in exports:
+            if not target.exists():  # written whole under a temporary name, then renamed
+                tmp = target.with_name(f".tmp-{target.name}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                save(self.recipe.base_model, self.recipe.lora, self.global_state, tmp)
+                os.rename(tmp, target)
+            summary[key] = str(target)
         if self.recipe.baseline.local_only:
             summary["baseline"] = self.local_only_baseline()
         return summary

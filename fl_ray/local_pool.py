@@ -42,7 +42,7 @@ class LocalSiloPool:
                 replies[name] = SiloFailure(name, f"{type(err).__name__}: {err}")
         return replies
 
-    def evaluate(self, state: AdapterState, names: list[str]):
+    def evaluate(self, state: AdapterState, names: list[str], timeout_s: float | None = None):
         return {name: self.silos[name].evaluate(state) for name in names}
 
     def train_alone(self, initial_state: AdapterState, steps: int) -> dict[str, AdapterState]:

@@ -26,6 +26,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from fl_ray.config import Recipe
+from fl_ray.crashpoints import crash_point
 from fl_ray.model import AdapterState
 
 ROUNDS = "rounds"
@@ -122,6 +123,7 @@ class RunDir:
             save_state(tmp / "updates" / f"{silo}.safetensors", state)
         if server_state:
             save_state(tmp / "server_state.safetensors", server_state)
+        crash_point("write", round_num)  # tests: die with half a round on disk
         write_json(tmp / "metrics.json", metrics)
         for name, blob in sorted((extra_files or {}).items()):
             (tmp / name).write_bytes(blob)

@@ -64,6 +64,12 @@ def run_federation(
             for round_num in range(done + 1, recipe.rounds + 1):
                 display.round_done(client.call("run_round", round_num))
         summary = client.call("finish")
+    except on_ray.CoordinatorDied as err:
+        last = run.last_complete_round()
+        raise RunInterrupted(
+            f"{err}; the run directory holds {last if last is not None else 'no'} complete "
+            f"round(s) -- continue with: fl-ray resume {run.root}"
+        ) from None
     finally:
         if client is not None:
             client.close()
@@ -81,20 +87,41 @@ def run_federation(
     return summary
 
 
-def resume_run(run_dir: str | Path, console: Console | None = None) -> dict[str, Any]:
-    """Continue a run from its last complete round, with the recipe it was started with."""
+class RunInterrupted(RuntimeError):
+    """The run stopped before its last round; ``fl-ray resume`` continues it."""
+
+
+def resume_run(
+    run_dir: str | Path, expected: Recipe | None = None, console: Console | None = None
+) -> dict[str, Any]:
+    """Continue a run from its last complete round, with the recipe it was started with.
+
+    ``expected`` (``fl-ray run RECIPE --resume``) must be that same recipe.
+    """
     run = RunDir(run_dir)
-    if not (run.root / "recipe.yaml").is_file():
-        raise FileNotFoundError(f"{run.root} is not a run directory (no recipe.yaml)")
+    if not (run.root / "recipe.yaml").is_file() or not (run.root / "run.json").is_file():
+        raise FileNotFoundError(f"{run.root} is not a run directory (no recipe.yaml/run.json)")
     recipe = load_recipe(run.root / "recipe.yaml")
-    info = run.run_info()
-    if info.get("recipe_sha256") != recipe.fingerprint():
-        raise ValueError(f"{run.root}/recipe.yaml does not match the recipe the run started with")
+    started_with = run.run_info().get("recipe_sha256")
+    if started_with != recipe.fingerprint():
+        raise ValueError(f"{run.root}/recipe.yaml was changed after the run started")
+    if expected is not None and expected.fingerprint() != started_with:
+        changed = _changed_keys(expected.to_dict(), recipe.to_dict())
+        raise ValueError(
+            f"recipe differs from the one {run.root} was started with ({', '.join(changed[:5])})"
+        )
     # the run directory may have moved since it was created: point the recipe at it
     recipe = recipe.model_copy(
         update={"output_dir": str(run.root.parent), "run_name": run.root.name}
     )
     return run_federation(recipe, resume=True, console=console)
+
+
+def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [k for key in keys for k in _changed_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
 
 
 def print_json(obj: Any) -> None:

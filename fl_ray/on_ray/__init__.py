@@ -6,7 +6,14 @@ silo, coordinator, strategies and receipts be tested with no cluster at all.
 """
 
 from fl_ray.on_ray.connect import SILO_LABEL, connect, disconnect
-from fl_ray.on_ray.coordinator_actor import CoordinatorClient
+from fl_ray.on_ray.coordinator_actor import CoordinatorClient, CoordinatorDied
 from fl_ray.on_ray.silo_pool import RaySiloPool
 
-__all__ = ["SILO_LABEL", "CoordinatorClient", "RaySiloPool", "connect", "disconnect"]
+__all__ = [
+    "SILO_LABEL",
+    "CoordinatorClient",
+    "CoordinatorDied",
+    "RaySiloPool",
+    "connect",
+    "disconnect",
+]

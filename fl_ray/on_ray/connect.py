@@ -8,9 +8,17 @@ import os
 import ray
 
 from fl_ray.config import Recipe
+from fl_ray.crashpoints import CRASH_ENV
 
 SILO_LABEL = "fl-silo"  # node label key that names the department a node belongs to
 _ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(_ENV)
+    if os.environ.get(CRASH_ENV):  # fault-injection tests reach the coordinator actor this way
+        env[CRASH_ENV] = os.environ[CRASH_ENV]
+    return env
 
 
 def connect(recipe: Recipe) -> bool:
@@ -19,7 +27,7 @@ def connect(recipe: Recipe) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": _ENV}, log_to_driver=True)
+        ray.init(runtime_env={"env_vars": _worker_env()}, log_to_driver=True)
         return False
     # Logical CPUs: every silo actor holds its CPUs for life, so ask for at least their sum.
     wanted = sum(s.num_cpus for s in recipe.silos)
@@ -28,7 +36,7 @@ def connect(recipe: Recipe) -> bool:
         num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)),
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": _ENV},
+        runtime_env={"env_vars": _worker_env()},
     )
     return True
 

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 import ray
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from fl_ray.config import Recipe
 from fl_ray.coordinator import Coordinator
@@ -37,6 +37,10 @@ class _CoordinatorActor:
         self.pool.close()
 
 
+class CoordinatorDied(RuntimeError):
+    """The coordinator actor's process is gone; the run directory holds its last full round."""
+
+
 class CoordinatorClient:
     """Driver-side handle on the coordinator actor; every call blocks for its result."""
 
@@ -49,6 +53,8 @@ class CoordinatorClient:
     def call(self, method: str, *args: Any) -> Any:
         try:
             return ray.get(getattr(self.actor, method).remote(*args))
+        except RayActorError:
+            raise CoordinatorDied("the coordinator process died") from None
         except RayTaskError as err:
             cause = getattr(err, "cause", None)
             raise (cause if isinstance(cause, Exception) else RuntimeError(str(err))) from None

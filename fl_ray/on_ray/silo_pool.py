@@ -3,13 +3,23 @@ deadlines, and Ray's failures translated into :class:`SiloFailure` values."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+from ray.exceptions import (
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+    RayError,
+    RayTaskError,
+)
 
-from fl_ray.config import Recipe, SiloSpec
+from fl_ray.config import FaultSpec, Recipe, SiloSpec
 from fl_ray.coordinator import SiloFailure
+from fl_ray.crashpoints import crash_point
 from fl_ray.model import AdapterState
 from fl_ray.on_ray.connect import SILO_LABEL
 from fl_ray.silo import Silo, SiloUpdate
@@ -35,6 +45,9 @@ class _SiloActor:
         return self.node_id
 
     def train(self, round_num: int, global_state: AdapterState) -> SiloUpdate:
+        fault = self.silo.spec.fault
+        if fault is not None and round_num in fault.rounds:
+            _inject(fault, round_num)
         update = self.silo.train(round_num, global_state)
         update.node_id = self.node_id
         return update
@@ -46,22 +59,36 @@ class _SiloActor:
         return self.silo.train_alone(initial_state, steps)
 
 
-def _silo_options(spec: SiloSpec) -> dict[str, Any]:
+def _inject(fault: FaultSpec, round_num: int) -> None:
+    """Fault injection for resilience tests: the process really exits or really stalls."""
+    if fault.kind == "exit":
+        # die `after_s` into this round's training, before any reply can leave the process
+        threading.Timer(fault.after_s, os._exit, args=(1,)).start()
+        time.sleep(fault.after_s + 3600)
+    elif fault.kind == "sleep":
+        time.sleep(fault.sleep_s)
+
+
+def _silo_options(spec: SiloSpec, max_restarts: int) -> dict[str, Any]:
     options: dict[str, Any] = {
         "num_cpus": spec.num_cpus,
         "num_gpus": spec.gpus,
         # A dead silo comes back (on its own node: the label selector still applies) and
         # rebuilds its state from its own files; a half-done round is never retried.
-        "max_restarts": 3,
+        "max_restarts": max_restarts,
         "max_task_retries": 0,
-        "name": None,
     }
     if spec.node_label:
         options["label_selector"] = {SILO_LABEL: spec.node_label}
     return options
 
 
+RESTARTING = "silo actor is restarting"
+
+
 def _failure(name: str, err: BaseException) -> SiloFailure:
+    if isinstance(err, ActorUnavailableError):
+        return SiloFailure(name, RESTARTING)
     if isinstance(err, RayActorError):
         return SiloFailure(name, "silo actor died")
     if isinstance(err, RayTaskError):
@@ -71,30 +98,52 @@ def _failure(name: str, err: BaseException) -> SiloFailure:
 
 
 class RaySiloPool:
-    """One Ray actor per silo; the global adapter goes to the object store once per call."""
+    """One Ray actor per silo; the global adapter goes to the object store once per call.
 
-    def __init__(self, recipe: Recipe, ready_timeout_s: float = 600.0) -> None:
+    A silo whose labelled node never appears within ``placement.placement_timeout_s`` makes the
+    start fail, or (``on_unplaceable: drop``) is recorded as dropped in every round -- its work
+    is never moved to another node.
+    """
+
+    def __init__(self, recipe: Recipe) -> None:
         self.names = sorted(s.name for s in recipe.silos)
+        placement = recipe.placement
         remote_cls = ray.remote(_SiloActor)
         self.actors = {
-            spec.name: remote_cls.options(**_silo_options(spec)).remote(spec, recipe)
+            spec.name: remote_cls.options(**_silo_options(spec, placement.max_restarts)).remote(
+                spec, recipe
+            )
             for spec in recipe.silos
         }
-        self.node_ids = self._gather(
-            {n: a.ready.remote() for n, a in self.actors.items()}, ready_timeout_s
+        self.unplaceable: dict[str, str] = {}
+        self.restart_wait_s = placement.placement_timeout_s
+        ready = self._gather(
+            {n: a.ready.remote() for n, a in self.actors.items()}, placement.placement_timeout_s
         )
-        failed = {n: r for n, r in self.node_ids.items() if isinstance(r, SiloFailure)}
-        if failed:
-            name, why = next(iter(sorted(failed.items())))
-            raise RuntimeError(f"silo {name} could not start: {why.reason}")
+        labels = {s.name: s.node_label for s in recipe.silos}
+        for name, reply in sorted(ready.items()):
+            if not isinstance(reply, SiloFailure):
+                continue
+            if labels[name] and reply.reason.startswith("missed"):
+                why = f"unplaceable: no node labelled {SILO_LABEL}={labels[name]}"
+            else:
+                why = f"could not start: {reply.reason}"
+            if placement.on_unplaceable == "fail" or not why.startswith("unplaceable"):
+                self.close()
+                raise RuntimeError(f"silo {name} {why}")
+            ray.kill(self.actors.pop(name), no_restart=True)
+            self.unplaceable[name] = why
+        self.node_ids = {n: r for n, r in ready.items() if n in self.actors}
 
     def _gather(self, refs: dict[str, ray.ObjectRef], timeout_s: float | None) -> dict[str, Any]:
         """Wait for all replies until the deadline; what is missing then is a failure."""
         by_ref = {ref: name for name, ref in refs.items()}
         ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s)
         replies: dict[str, Any] = {}
+        ready_set = set(ready)
         for ref, name in by_ref.items():
-            if ref not in ready:
+            if ref not in ready_set:
+                # never fetched later either: a late reply cannot leak into another round
                 replies[name] = SiloFailure(name, f"missed the {timeout_s:g} s deadline")
                 continue
             try:
@@ -103,27 +152,60 @@ class RaySiloPool:
                 replies[name] = _failure(name, err)
         return replies
 
+    def _call(
+        self,
+        method: str,
+        names: list[str],
+        timeout_s: float | None,
+        *args: Any,
+        round_num: int | None = None,
+    ) -> dict[str, Any]:
+        replies = {n: SiloFailure(n, self.unplaceable[n]) for n in names if n in self.unplaceable}
+        live = [n for n in names if n in self.actors]
+        down = self._await_alive(live, self.restart_wait_s)
+        replies.update(down)
+        live = [n for n in live if n not in down]
+        refs = {n: getattr(self.actors[n], method).remote(*args) for n in live}
+        if round_num is not None:
+            crash_point("dispatch", round_num)  # tests: the coordinator dies mid-training
+        replies.update(self._gather(refs, timeout_s))
+        return replies
+
+    def _await_alive(self, names: list[str], wait_s: float) -> dict[str, SiloFailure]:
+        """Give silos that Ray is restarting (after a crash) time to come back before a call.
+
+        A call made while an actor restarts fails at once with ActorUnavailableError; a silo
+        that rebuilds itself from its own files within ``wait_s`` rejoins this round.
+        """
+        deadline = time.monotonic() + wait_s
+        pending, down = list(names), {}
+        while pending:
+            refs = {n: self.actors[n].ready.remote() for n in pending}
+            replies = self._gather(refs, max(deadline - time.monotonic(), 0.0))
+            pending = []
+            for name, reply in replies.items():
+                if not isinstance(reply, SiloFailure):
+                    continue
+                if reply.reason == RESTARTING and time.monotonic() < deadline:
+                    pending.append(name)
+                else:
+                    down[name] = SiloFailure(name, "silo actor died")
+            if pending:
+                time.sleep(0.25)
+        return down
+
     def train(
         self, round_num: int, global_state: AdapterState, names: list[str], timeout_s: float | None
     ) -> dict[str, SiloUpdate | SiloFailure]:
         ref = ray.put(global_state)  # one broadcast copy per round, shared by every silo
-        return self._gather(
-            {n: self.actors[n].train.remote(round_num, ref) for n in names}, timeout_s
-        )
+        return self._call("train", names, timeout_s, round_num, ref, round_num=round_num)
 
-    def evaluate(self, state: AdapterState, names: list[str]):
-        ref = ray.put(state)
-        return self._gather({n: self.actors[n].evaluate.remote(ref) for n in names}, None)
+    def evaluate(self, state: AdapterState, names: list[str], timeout_s: float | None = None):
+        return self._call("evaluate", names, timeout_s, ray.put(state))
 
     def train_alone(self, initial_state: AdapterState, steps: int) -> dict[str, AdapterState]:
-        ref = ray.put(initial_state)
-        replies = self._gather(
-            {n: a.train_alone.remote(ref, steps) for n, a in self.actors.items()}, None
-        )
+        replies = self._call("train_alone", self.names, None, ray.put(initial_state), steps)
         return {n: r for n, r in replies.items() if not isinstance(r, SiloFailure)}
-
-    def kill(self, name: str, restart: bool = True) -> None:
-        ray.kill(self.actors[name], no_restart=not restart)
 
     def close(self) -> None:
         for actor in self.actors.values():
