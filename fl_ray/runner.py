@@ -16,6 +16,8 @@ from rich.console import Console
 from fl_ray import __version__
 from fl_ray.config import Recipe, load_recipe
 from fl_ray.display import RunDisplay, baseline_table, result_table
+from fl_ray.metric_sinks import open_sinks
+from fl_ray.report import render_report
 from fl_ray.rundir import RunDir
 
 
@@ -54,6 +56,7 @@ def run_federation(
     console.print(f"run directory: [bold]{run.root}[/bold]")
     owned = on_ray.connect(recipe)
     client = None
+    sinks = open_sinks(recipe, run.root, notice=console.print)
     try:
         client = on_ray.CoordinatorClient(absolutize(recipe), str(run.root.resolve()))
         first = client.call("start")
@@ -62,7 +65,10 @@ def run_federation(
             display.progress.update(display.task, completed=done)
             display.round_done(first)
             for round_num in range(done + 1, recipe.rounds + 1):
-                display.round_done(client.call("run_round", round_num))
+                metrics = client.call("run_round", round_num)
+                display.round_done(metrics)
+                for sink in sinks:
+                    sink.log_round(metrics)
         summary = client.call("finish")
     except on_ray.CoordinatorDied as err:
         last = run.last_complete_round()
@@ -71,6 +77,8 @@ def run_federation(
             f"round(s) -- continue with: fl-ray resume {run.root}"
         ) from None
     finally:
+        for sink in sinks:
+            sink.close()
         if client is not None:
             client.close()
         on_ray.disconnect(owned)
@@ -83,6 +91,10 @@ def run_federation(
     if "merged_dir" in summary:
         console.print(f"merged model:  {summary['merged_dir']}")
     console.print(f"metrics:       {run.root / 'metrics.jsonl'}")
+    report = render_report(run.root)
+    summary["report"] = str(report.html_path)
+    console.print(f"receipts:      {report.verification.headline}")
+    console.print(f"report:        {report.html_path}")
     console.print(f"wall time:     {summary['wall_s']:.1f} s")
     return summary
 

@@ -137,7 +137,7 @@ def test_resume_refuses_other_recipe_and_corrupt_checkpoint(tiny_base, demo_data
     tree = _tree(tiny_base, demo_data, tmp_path, SILOS[:2], rounds=1)
     path = write_recipe(tmp_path / "r.yaml", tree)
     assert _cli(["run", str(path)]).returncode == 0
-    other = _cli(["run", str(path), "--resume", "train.lr=0.5"])
+    other = _cli(["run", str(path), "train.lr=0.5", "--resume"])
     assert other.returncode == 2 and "recipe differs" in other.stderr and "train.lr" in other.stderr
     glob = tmp_path / "t" / "rounds" / "00001" / "global.safetensors"
     glob.write_bytes(glob.read_bytes()[:-7])
