@@ -67,3 +67,19 @@ def fedavg(
 ) -> MergeResult:
     """Example-weighted, factor-wise average; keeps no server state."""
     return MergeResult(weighted_mean(updates, weights), server_state)
+
+
+def fedprox(
+    global_state: AdapterState,
+    updates: Sequence[AdapterState],
+    weights: Sequence[float],
+    server_state: AdapterState,
+    *,
+    seed: int = 0,
+    mu: float = 0.0,
+) -> MergeResult:
+    """FedProx (Li et al., 2020, "Federated Optimization in Heterogeneous Networks"): the merge
+    is FedAvg's; ``mu`` acts silo-side as μ/2‖w − w_global‖² in the local loss."""
+    if mu < 0:
+        raise ValueError(f"strategy fedprox: mu must be >= 0, got {mu}")
+    return fedavg(global_state, updates, weights, server_state, seed=seed)
