@@ -13,7 +13,7 @@ import time
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from fl_ray.serving.app import start_server, stop_server
+    from fl_ray.on_ray.serve_app import start_server, stop_server
     from fl_ray.serving.provenance import ProvenanceError
 
     try:

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class RecipeError(ValueError):
@@ -180,6 +187,20 @@ class Recipe(_Frozen):
         if dupes:
             raise ValueError(f"duplicate silo name {dupes[0]!r}")
         return silos
+
+    @model_validator(mode="after")
+    def _strategy_fits(self) -> Recipe:
+        # imported here: fl_ray.strategies imports fl_ray.model, which imports this module
+        from fl_ray.strategies import MIXED_RANK_STRATEGIES, check_params
+
+        check_params(self.strategy.name, self.strategy.params())
+        ranks = sorted({s.lora_r or self.lora.r for s in self.silos})
+        if len(ranks) > 1 and self.strategy.name not in MIXED_RANK_STRATEGIES:
+            raise ValueError(
+                f"silos have LoRA ranks {ranks}: mixed LoRA ranks need strategy exact "
+                f"(strategy is {self.strategy.name})"
+            )
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -20,7 +20,7 @@ from fl_ray.crashpoints import crash_point
 from fl_ray.model import AdapterState, initial_adapter_state, save_merged_model, save_peft_adapter
 from fl_ray.rundir import RunDir
 from fl_ray.silo import SiloUpdate, derive_seed
-from fl_ray.strategies import MIXED_RANK_STRATEGIES, aggregate, shared_keys
+from fl_ray.strategies import MIXED_RANK_STRATEGIES, aggregate, label_indices, shared_keys
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,11 @@ def contribution_cosines(
     """
     scores: dict[str, float | None] = {}
     for name, update in accepted.items():
-        keys = [k for k in sorted(update.state) if update.state[k].shape == before[k].shape]
+        keys = [
+            k
+            for k in sorted(update.state)
+            if update.state[k].shape == before[k].shape == after[k].shape
+        ]
         if not keys:
             scores[name] = None
             continue
@@ -208,7 +212,8 @@ class Coordinator:
                 self.server_state,
                 seed=derive_seed(recipe.seed, "merge", round_num),
             )
-            new_global, new_server, merge_info = merged.state, merged.server_state, merged.info
+            new_global, new_server = merged.state, merged.server_state
+            merge_info = label_indices(merged.info, names)  # update positions -> silo names
         else:  # quorum missed: the global adapter and server state stay as they were
             new_global, new_server, merge_info = self.global_state, self.server_state, {}
 

@@ -1,8 +1,9 @@
 """Ray Serve: the deployment that hosts the federated model, and starting/stopping it.
 
-Every Ray / Ray Serve call of the serving feature lives in this module. The driver verifies the
-receipts and reads the adapter (:mod:`fl_ray.serving.provenance`), then hands the replicas plain
-data, so a replica may start on a node that has the base model but not the run directory.
+Every Ray / Ray Serve call of the serving feature lives here, in fl_ray.on_ray with the rest.
+The driver verifies the receipts and reads the adapter (:mod:`fl_ray.serving.provenance`),
+then hands the replicas plain data, so a replica may start on a node that has the base model
+but not the run directory.
 
 ``build_app`` is also the ``import_path`` target of ``serve_config.yaml`` (``serve run`` /
 ``serve deploy``): provenance is checked there too, before anything is deployed.

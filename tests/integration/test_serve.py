@@ -67,7 +67,7 @@ def server(signed_run):
     import ray
     from ray import serve
 
-    from fl_ray.serving.app import start_server
+    from fl_ray.on_ray.serve_app import start_server
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -341,7 +341,7 @@ def test_provenance_names_the_requested_round(signed_run):
 
 def test_deployment_options_from_recipe_and_flags(tiny_base, tmp_path):
     from fl_ray.config import parse_recipe
-    from fl_ray.serving.app import ServeArgs, deployment_options, serve_spec
+    from fl_ray.on_ray.serve_app import ServeArgs, deployment_options, serve_spec
 
     tree = recipe_tree(tiny_base, tmp_path, tmp_path, serve={"replicas": 2, "num_cpus": 0.5})
     run_dir = RunDir.create(parse_recipe(tree, check_paths=False), {"run_name": "t"}).root
@@ -367,12 +367,12 @@ def test_deployment_options_from_recipe_and_flags(tiny_base, tmp_path):
 def test_serve_config_yaml_is_a_valid_serve_config():
     from ray.serve.schema import ServeDeploySchema
 
-    from fl_ray.serving.app import ServeArgs, build_app
+    from fl_ray.on_ray.serve_app import ServeArgs, build_app
 
     path = Path(__file__).resolve().parents[2] / "serve_config.yaml"
     config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     (app,) = config.applications
     module, _, name = app.import_path.partition(":")
-    assert module == "fl_ray.serving.app" and name == "build_app"
+    assert module == "fl_ray.on_ray.serve_app" and name == "build_app"
     assert ServeArgs.model_validate(app.args).run_dir == "runs/demo"
     assert build_app.__name__ == name
