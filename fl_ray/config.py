@@ -34,7 +34,9 @@ class _Frozen(BaseModel):
 
 class BaseModelSpec(_Frozen):
     path: str
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    # auto: bfloat16 on GPU (float16 where bf16 is unsupported), float32 on CPU
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
+    quantization: Literal["4bit", "8bit"] | None = None  # bitsandbytes, GPU silos only
 
 
 class LoraSpec(_Frozen):
@@ -277,6 +279,8 @@ def check_files(recipe: Recipe) -> None:
     if recipe.data.source != "files":
         return
     for i, silo in enumerate(recipe.silos):
+        if silo.node_label:  # its data lives on its own node; the silo checks it there
+            continue
         for split in (recipe.data.train_file, recipe.data.eval_file):
             path = Path(silo.data_dir) / split
             if not path.is_file():

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from fl_ray.config import BaseModelSpec, LoraSpec
@@ -46,11 +47,12 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 def load_base(spec: BaseModelSpec, gpus: int = 0) -> torch.nn.Module:
     """Load the base causal LM from its local directory, frozen, placed on ``gpus`` GPUs."""
-    from fl_ray.devices import base_load_kwargs
+    from fl_ray.devices import base_load_kwargs, finish_loading
 
     model = AutoModelForCausalLM.from_pretrained(
         spec.path, local_files_only=True, **base_load_kwargs(spec, gpus)
     )
+    model = finish_loading(model, spec, gpus)
     model.requires_grad_(False)
     return model
 
@@ -98,10 +100,19 @@ def initial_adapter_state(spec: BaseModelSpec, lora: LoraSpec, seed: int, r: int
 def save_peft_adapter(
     base_spec: BaseModelSpec, lora: LoraSpec, state: AdapterState, out_dir: Path
 ) -> None:
-    """Write a PEFT directory that ``PeftModel.from_pretrained(base, out_dir)`` loads."""
-    model = attach_lora(load_base(base_spec), lora, r=adapter_rank(state))
-    set_adapter_state(model, state)
-    model.save_pretrained(str(out_dir))
+    """Write a PEFT directory that ``PeftModel.from_pretrained(base, out_dir)`` loads.
+
+    Written from the adapter state alone: the coordinator need not load (or even fit) the base.
+    """
+    config = lora_config(lora, r=adapter_rank(state))
+    config.base_model_name_or_path = base_spec.path
+    config.inference_mode = True
+    config.save_pretrained(str(out_dir))
+    save_file(
+        {k: v.contiguous() for k, v in sorted(state.items())},
+        str(Path(out_dir) / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
 
 
 def save_merged_model(

@@ -7,6 +7,7 @@ so ``ray job submit -- fl-ray run ...`` behaves exactly like a local run.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,22 @@ def run_federation(
             },
         )
     console.print(f"run directory: [bold]{run.root}[/bold]")
-    owned = on_ray.connect(recipe)
+    try:
+        owned = on_ray.connect(recipe)
+    except BaseException:
+        if not resume:  # nothing ran: leave no empty run directory behind
+            shutil.rmtree(run.root, ignore_errors=True)
+        raise
     client = None
     sinks = open_sinks(recipe, run.root, notice=console.print)
     try:
         client = on_ray.CoordinatorClient(absolutize(recipe), str(run.root.resolve()))
-        first = client.call("start")
+        try:
+            first = client.call("start")
+        except BaseException:
+            if not resume and run.last_complete_round() is None:
+                shutil.rmtree(run.root, ignore_errors=True)  # nothing ran: nothing to keep
+            raise
         done = int(first["round"])
         with RunDisplay(recipe.rounds) as display:
             display.progress.update(display.task, completed=done)

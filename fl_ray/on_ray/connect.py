@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -36,6 +37,7 @@ def connect(recipe: Recipe) -> bool:
         num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)),
         include_dashboard=False,
         log_to_driver=False,
+        logging_level=logging.ERROR,  # the run's own output is the interface, not Ray's
         runtime_env={"env_vars": _worker_env()},
     )
     return True

@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fl_ray.config import Recipe
 from fl_ray.coordinator import Coordinator
@@ -18,13 +19,21 @@ class _CoordinatorActor:
     """The coordinator as a Ray actor: owns the silo pool and the run directory."""
 
     def __init__(self, recipe: Recipe, run_root: str) -> None:
-        self.pool = RaySiloPool(recipe)
-        self.coordinator = Coordinator(recipe, RunDir(run_root), self.pool)
+        # A constructor that raises kills the actor and hides the reason behind ActorDiedError;
+        # keep the error and raise it from start(), where it reaches the driver as itself.
+        self.startup_error: Exception | None = None
+        try:
+            self.pool = RaySiloPool(recipe)
+            self.coordinator = Coordinator(recipe, RunDir(run_root), self.pool)
+        except Exception as err:
+            self.startup_error = err
 
     def pid(self) -> int:
         return os.getpid()
 
     def start(self) -> dict[str, Any]:
+        if self.startup_error is not None:
+            raise self.startup_error
         return self.coordinator.start()
 
     def run_round(self, round_num: int) -> dict[str, Any]:
@@ -34,7 +43,8 @@ class _CoordinatorActor:
         return self.coordinator.finish()
 
     def close(self) -> None:
-        self.pool.close()
+        if self.startup_error is None:
+            self.pool.close()
 
 
 class CoordinatorDied(RuntimeError):
@@ -45,9 +55,14 @@ class CoordinatorClient:
     """Driver-side handle on the coordinator actor; every call blocks for its result."""
 
     def __init__(self, recipe: Recipe, run_root: str) -> None:
-        # num_cpus=0: the coordinator mostly waits; the CPUs belong to the silos.
-        self.actor = ray.remote(num_cpus=0, max_restarts=0)(_CoordinatorActor).remote(
-            recipe, run_root
+        # num_cpus=0: the coordinator mostly waits; the CPUs belong to the silos. Pinned to the
+        # driver's node: the run directory and the coordinator's key live there, not on a
+        # department's node.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.actor = (
+            ray.remote(num_cpus=0, max_restarts=0)(_CoordinatorActor)
+            .options(scheduling_strategy=here)
+            .remote(recipe, run_root)
         )
 
     def call(self, method: str, *args: Any) -> Any:

@@ -108,14 +108,26 @@ class RaySiloPool:
     def __init__(self, recipe: Recipe) -> None:
         self.names = sorted(s.name for s in recipe.silos)
         placement = recipe.placement
+        self.unplaceable: dict[str, str] = {}
+        # A pinned actor never errors when its node is absent -- it just waits -- so look at the
+        # live nodes' labels first and settle those silos now.
+        present = {
+            (node.get("Labels") or {}).get(SILO_LABEL) for node in ray.nodes() if node.get("Alive")
+        }
+        for spec in recipe.silos:
+            if spec.node_label and spec.node_label not in present:
+                why = f"unplaceable: no node labelled {SILO_LABEL}={spec.node_label}"
+                if placement.on_unplaceable == "fail":
+                    raise RuntimeError(f"silo {spec.name} {why}")
+                self.unplaceable[spec.name] = why
         remote_cls = ray.remote(_SiloActor)
         self.actors = {
             spec.name: remote_cls.options(**_silo_options(spec, placement.max_restarts)).remote(
                 spec, recipe
             )
             for spec in recipe.silos
+            if spec.name not in self.unplaceable
         }
-        self.unplaceable: dict[str, str] = {}
         self.restart_wait_s = placement.placement_timeout_s
         ready = self._gather(
             {n: a.ready.remote() for n, a in self.actors.items()}, placement.placement_timeout_s
