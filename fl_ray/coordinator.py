@@ -18,6 +18,9 @@ import torch
 from fl_ray.config import Recipe
 from fl_ray.crashpoints import crash_point
 from fl_ray.model import AdapterState, initial_adapter_state, save_merged_model, save_peft_adapter
+from fl_ray.receipts.chain import Contribution
+from fl_ray.receipts.hashing import state_hash
+from fl_ray.receipts.session import CoordinatorNotary
 from fl_ray.rundir import RunDir
 from fl_ray.silo import SiloUpdate, derive_seed
 from fl_ray.strategies import MIXED_RANK_STRATEGIES, aggregate, label_indices, shared_keys
@@ -121,8 +124,11 @@ def mean_eval(evals: dict[str, Any]) -> float | None:
 class Coordinator:
     """Runs a recipe's rounds against a silo pool and records each one in the run directory."""
 
-    def __init__(self, recipe: Recipe, run: RunDir, pool: SiloPool) -> None:
-        self.recipe, self.run, self.pool = recipe, run, pool
+    def __init__(
+        self, recipe: Recipe, run: RunDir, pool: SiloPool, notary: CoordinatorNotary | None = None
+    ) -> None:
+        """``notary`` (signed runs) checks silo signatures and signs each round's receipt."""
+        self.recipe, self.run, self.pool, self.notary = recipe, run, pool, notary
         self.global_state: AdapterState = {}
         self.server_state: AdapterState = {}
         self.initial_state: AdapterState = {}
@@ -146,6 +152,10 @@ class Coordinator:
                 raise ValueError(f"corrupted checkpoint in {where}: {err}") from None
             if sorted(self.global_state) != sorted(self.initial_state):
                 raise ValueError(f"checkpoint {self.run.round_dir(last)} is not this recipe's")
+            if self.notary is not None:
+                if not (self.run.round_dir(last) / "receipt.json").is_file():
+                    raise ValueError(f"{self.run.round_dir(last)} has no receipt to chain from")
+                self.notary.resume_after(self.run.round_dir(last))
             self.round_num = last
             return metrics
         self.global_state = self.initial_state
@@ -156,7 +166,9 @@ class Coordinator:
             "eval_loss": mean_eval(evals),
             "silos": {n: _eval_fields(e) for n, e in sorted(evals.items())},
         }
-        self.run.write_round(0, self.global_state, metrics)
+        self.run.write_round(
+            0, self.global_state, metrics, extra_files=self._receipt(0, "initial", metrics)
+        )
         return metrics
 
     # -- one round ------------------------------------------------------------------------
@@ -173,6 +185,8 @@ class Coordinator:
         crash_point("collected", round_num)
         accepted: dict[str, SiloUpdate] = {}
         dropped: dict[str, str] = {}
+        contributions: dict[str, Contribution] = {}
+        global_hash = state_hash(self.global_state) if self.notary is not None else ""
         for name in sampled:
             reply = replies.get(name, SiloFailure(name, "no reply"))
             if isinstance(reply, SiloFailure):
@@ -186,6 +200,14 @@ class Coordinator:
                 shared_keys(recipe.strategy.name, self.global_state),
                 same_shapes=recipe.strategy.name not in MIXED_RANK_STRATEGIES,
             )
+            if problem is None and self.notary is not None:
+                try:
+                    contributions[name] = self.notary.check(
+                        round_num, name, reply.state, reply.num_examples, reply.signature or "",
+                        global_hash,
+                    )  # fmt: skip
+                except ValueError as err:  # SignatureError: the roster's key did not sign it
+                    problem = f"bad signature: {err}"
             if problem:
                 dropped[name] = problem
             else:
@@ -242,9 +264,40 @@ class Coordinator:
             "silos": dict(sorted(silo_metrics.items())),
         }
         updates = {n: u.state for n, u in accepted.items()} if recipe.output.save_updates else None
-        self.run.write_round(round_num, new_global, metrics, updates, new_server)
+        receipt = self._receipt(
+            round_num, status, metrics, new_global, new_server, list(contributions.values()),
+            dict(sorted(dropped.items())),
+        )  # fmt: skip
+        self.run.write_round(round_num, new_global, metrics, updates, new_server, receipt)
         self.global_state, self.server_state, self.round_num = new_global, new_server, round_num
         return metrics
+
+    def _receipt(
+        self,
+        round_num: int,
+        status: str,
+        metrics: dict[str, Any],
+        after: AdapterState | None = None,
+        server_after: AdapterState | None = None,
+        contributions: list[Contribution] | None = None,
+        dropped: dict[str, str] | None = None,
+    ) -> dict[str, bytes] | None:
+        """The round's signed receipt file (None for unsigned runs)."""
+        if self.notary is None:
+            return None
+        blob = self.notary.receipt(
+            round_num,
+            status,
+            self.global_state,
+            self.global_state if after is None else after,
+            self.server_state if server_after is None else server_after,
+            self.recipe.strategy.name,
+            self.recipe.strategy.params(),
+            contributions or [],
+            dropped or {},
+            metrics,
+        )
+        return {"receipt.json": blob}
 
     def _weight(self, update: SiloUpdate) -> float:
         spec = next(s for s in self.recipe.silos if s.name == update.silo)

@@ -18,6 +18,8 @@ from fl_ray import __version__
 from fl_ray.config import Recipe, load_recipe
 from fl_ray.display import RunDisplay, baseline_table, result_table
 from fl_ray.metric_sinks import open_sinks
+from fl_ray.receipts.keys import prepare_run_keys
+from fl_ray.receipts.session import RunIdentity
 from fl_ray.report import render_report
 from fl_ray.rundir import RunDir
 
@@ -32,6 +34,25 @@ def absolutize(recipe: Recipe) -> Recipe:
         update={"path": str(Path(recipe.base_model.path).resolve())}
     )
     return recipe.model_copy(update={"silos": silos, "base_model": base})
+
+
+def signing_identity(recipe: Recipe, run: RunDir) -> RunIdentity | None:
+    """Resolve (or create, for demo keys) the run's keys; checks the coordinator key opens."""
+    if not recipe.federation.sign:
+        return None
+    fed = recipe.federation
+    keys = prepare_run_keys(
+        fed.id,
+        {s.name: s.keystore for s in recipe.silos},
+        run.root,
+        demo_keys=fed.demo_keys,
+        keys_dir=fed.keys_dir,
+        roster=fed.roster,
+        password_env=fed.password_env,
+        password_file=fed.password_file,
+    )
+    info = run.run_info()
+    return RunIdentity(keys, info["run_name"], info["recipe_sha256"])
 
 
 def run_federation(
@@ -56,6 +77,12 @@ def run_federation(
         )
     console.print(f"run directory: [bold]{run.root}[/bold]")
     try:
+        identity = signing_identity(recipe, run)
+    except ValueError:
+        if not resume:  # a bad key or roster: nothing started, nothing left behind
+            shutil.rmtree(run.root, ignore_errors=True)
+        raise
+    try:
         owned = on_ray.connect(recipe)
     except BaseException:
         if not resume:  # nothing ran: leave no empty run directory behind
@@ -64,7 +91,7 @@ def run_federation(
     client = None
     sinks = open_sinks(recipe, run.root, notice=console.print)
     try:
-        client = on_ray.CoordinatorClient(absolutize(recipe), str(run.root.resolve()))
+        client = on_ray.CoordinatorClient(absolutize(recipe), str(run.root.resolve()), identity)
         try:
             first = client.call("start")
         except BaseException:
@@ -102,9 +129,14 @@ def run_federation(
     if "merged_dir" in summary:
         console.print(f"merged model:  {summary['merged_dir']}")
     console.print(f"metrics:       {run.root / 'metrics.jsonl'}")
+    if identity is not None:
+        console.print(
+            f"receipts:      {run.root}/rounds/*/receipt.json -- audit offline with: "
+            f"fl-ray verify {run.root} --roster {run.root / 'roster.json'}"
+        )
     report = render_report(run.root)
     summary["report"] = str(report.html_path)
-    console.print(f"receipts:      {report.verification.headline}")
+    console.print(f"verification:  {report.verification.headline}")
     console.print(f"report:        {report.html_path}")
     console.print(f"wall time:     {summary['wall_s']:.1f} s")
     return summary

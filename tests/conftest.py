@@ -55,6 +55,7 @@ def recipe_tree(base: Path, data: Path, out: Path, silos=SILOS[:2], **top) -> di
         "silos": [{"name": s, "data_dir": str(data / s), "num_cpus": 0.5} for s in silos],
         "train": {"local_steps": 2, "batch_size": 4, "seq_len": 64, "lr": 0.003},
         "output": {"save_merged": True},
+        "federation": {"id": "test-federation", "demo_keys": True},
     }
     tree.update(top)
     return tree

@@ -12,19 +12,23 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from fl_ray.config import Recipe
 from fl_ray.coordinator import Coordinator
 from fl_ray.on_ray.silo_pool import RaySiloPool
+from fl_ray.receipts.session import CoordinatorNotary, RunIdentity
 from fl_ray.rundir import RunDir
 
 
 class _CoordinatorActor:
     """The coordinator as a Ray actor: owns the silo pool and the run directory."""
 
-    def __init__(self, recipe: Recipe, run_root: str) -> None:
+    def __init__(self, recipe: Recipe, run_root: str, identity: RunIdentity | None) -> None:
         # A constructor that raises kills the actor and hides the reason behind ActorDiedError;
         # keep the error and raise it from start(), where it reaches the driver as itself.
         self.startup_error: Exception | None = None
         try:
-            self.pool = RaySiloPool(recipe)
-            self.coordinator = Coordinator(recipe, RunDir(run_root), self.pool)
+            notary = None
+            if identity is not None:  # the coordinator's key is opened here, in its process
+                notary = CoordinatorNotary(identity, recipe.base_model.path)
+            self.pool = RaySiloPool(recipe, identity)
+            self.coordinator = Coordinator(recipe, RunDir(run_root), self.pool, notary)
         except Exception as err:
             self.startup_error = err
 
@@ -54,7 +58,7 @@ class CoordinatorDied(RuntimeError):
 class CoordinatorClient:
     """Driver-side handle on the coordinator actor; every call blocks for its result."""
 
-    def __init__(self, recipe: Recipe, run_root: str) -> None:
+    def __init__(self, recipe: Recipe, run_root: str, identity: RunIdentity | None) -> None:
         # num_cpus=0: the coordinator mostly waits; the CPUs belong to the silos. Pinned to the
         # driver's node: the run directory and the coordinator's key live there, not on a
         # department's node.
@@ -62,7 +66,7 @@ class CoordinatorClient:
         self.actor = (
             ray.remote(num_cpus=0, max_restarts=0)(_CoordinatorActor)
             .options(scheduling_strategy=here)
-            .remote(recipe, run_root)
+            .remote(recipe, run_root, identity)
         )
 
     def call(self, method: str, *args: Any) -> Any:

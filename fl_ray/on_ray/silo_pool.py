@@ -22,6 +22,7 @@ from fl_ray.coordinator import SiloFailure
 from fl_ray.crashpoints import crash_point
 from fl_ray.model import AdapterState
 from fl_ray.on_ray.connect import SILO_LABEL
+from fl_ray.receipts.session import RunIdentity, SiloSigner
 from fl_ray.silo import Silo, SiloUpdate
 from fl_ray.strategies import silo_options
 
@@ -29,7 +30,9 @@ from fl_ray.strategies import silo_options
 class _SiloActor:
     """Ray-side shell around a :class:`Silo` that stamps replies with the node they ran on."""
 
-    def __init__(self, spec: SiloSpec, recipe: Recipe) -> None:
+    def __init__(self, spec: SiloSpec, recipe: Recipe, identity: RunIdentity | None) -> None:
+        # the silo's key is decrypted here, inside its own process, and never leaves it
+        self.signer = SiloSigner(identity, spec.name) if identity is not None else None
         self.silo = Silo(
             spec,
             recipe.base_model,
@@ -50,6 +53,10 @@ class _SiloActor:
             _inject(fault, round_num)
         update = self.silo.train(round_num, global_state)
         update.node_id = self.node_id
+        if self.signer is not None:  # signed last: it covers exactly what leaves the silo
+            update.signature = self.signer.sign(
+                round_num, update.state, update.num_examples, global_state
+            )
         return update
 
     def evaluate(self, state: AdapterState) -> dict[str, float]:
@@ -105,7 +112,7 @@ class RaySiloPool:
     is never moved to another node.
     """
 
-    def __init__(self, recipe: Recipe) -> None:
+    def __init__(self, recipe: Recipe, identity: RunIdentity | None = None) -> None:
         self.names = sorted(s.name for s in recipe.silos)
         placement = recipe.placement
         self.unplaceable: dict[str, str] = {}
@@ -123,7 +130,7 @@ class RaySiloPool:
         remote_cls = ray.remote(_SiloActor)
         self.actors = {
             spec.name: remote_cls.options(**_silo_options(spec, placement.max_restarts)).remote(
-                spec, recipe
+                spec, recipe, identity
             )
             for spec in recipe.silos
             if spec.name not in self.unplaceable

@@ -65,6 +65,23 @@ def test_round_global_is_fedavg_of_stored_updates(spine_run):
     assert all(torch.equal(stored[k], expected[k]) for k in expected)
 
 
+def test_receipts_verify_offline_and_name_every_contribution(spine_run):
+    from fl_ray.receipts import verify_run
+
+    run_dir, stdout = spine_run
+    result = verify_run(run_dir, roster_path=run_dir / "roster.json")
+    assert result.ok, str(result.failure)
+    assert result.rounds == [0, 1, 2]
+    receipt = json.loads((run_dir / "rounds" / "00002" / "receipt.json").read_text())
+    assert [c["silo"] for c in receipt["message"]["contributions"]] == ["housing", "transport"]
+    assert "fl-ray verify" in stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "fl_ray.cli", "verify", str(run_dir)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("round ") >= 3
+
+
 def test_updates_carry_only_lora_tensors(spine_run):
     run = RunDir(spine_run[0])
     for state in run.load_updates(1).values():

@@ -31,6 +31,7 @@ def good(tmp_path) -> dict:
             {"name": "a", "data_dir": str(tmp_path / "data" / "a")},
             {"name": "b", "data_dir": str(tmp_path / "data" / "b")},
         ],
+        "federation": {"demo_keys": True},
     }
 
 
@@ -66,6 +67,9 @@ def test_demo_recipe_is_valid_schema():
         ),
         (lambda t: t["silos"][1].update(name="a"), "duplicate silo name 'a'"),
         (lambda t: t.update(train={"lr": "fast"}), "recipe: train.lr:"),
+        (lambda t: t.update(federation={}), "federation.keys_dir is required to sign"),
+        (lambda t: t.update(strategy={"name": "krum", "fff": 1}), "fff"),
+        (lambda t: t["silos"][0].update(lora_r=2), "mixed LoRA ranks need strategy exact"),
     ],
 )
 def test_bad_recipes_name_the_key(good, mutate, message):
