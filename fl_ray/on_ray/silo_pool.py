@@ -187,7 +187,10 @@ class RaySiloPool:
         refs = {n: getattr(self.actors[n], method).remote(*args) for n in live}
         if round_num is not None:
             crash_point("dispatch", round_num)  # tests: the coordinator dies mid-training
-        replies.update(self._gather(refs, timeout_s))
+        for name, reply in self._gather(refs, timeout_s).items():
+            if isinstance(reply, SiloFailure) and reply.reason == RESTARTING:
+                reply = SiloFailure(name, "silo actor died")  # it died while doing this call
+            replies[name] = reply
         return replies
 
     def _await_alive(self, names: list[str], wait_s: float) -> dict[str, SiloFailure]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fl_ray.config import parse_recipe
+from fl_ray.receipts import verify_run
 from fl_ray.rundir import RunDir
 from fl_ray.runner import run_federation
 from fl_ray.strategies import weighted_mean
@@ -48,6 +49,9 @@ def test_silo_killed_mid_training_every_round(tiny_base, demo_data, tmp_path):
         expected = _survivor_merge(run, r)
         stored = run.load_global(r)
         assert max((stored[k] - expected[k]).abs().max().item() for k in expected) <= 1e-6
+        receipt = json.loads((run.round_dir(r) / "receipt.json").read_text())["message"]
+        assert receipt["dropped"] == [{"silo": "health", "reason": "silo actor died"}]
+    assert verify_run(run.root, roster_path=run.root / "roster.json").ok
 
 
 def test_quorum_missed_round_is_aborted_and_adapter_unchanged(tiny_base, demo_data, tmp_path):
@@ -129,6 +133,9 @@ def test_coordinator_sigkilled_at_each_point_resumes_bitwise(tiny_base, demo_dat
     assert (run_dir / final).read_bytes() == (tmp_path / "reference" / final).read_bytes()
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [0, 1, 2, 3]  # no gaps, no repeats
+    # the receipt chain across four crashes is complete, ordered and verifies offline
+    result = verify_run(run_dir, roster_path=run_dir / "roster.json")
+    assert result.ok and result.rounds == [0, 1, 2, 3], str(result.failure)
     # the half-written round 2 left by "write:2" was discarded, never half-kept
     assert not [p.name for p in (run_dir / "rounds").iterdir() if p.name.startswith(".tmp")]
 
