@@ -196,12 +196,7 @@ class Recipe(_Frozen):
         from fl_ray.strategies import MIXED_RANK_STRATEGIES, check_params
 
         check_params(self.strategy.name, self.strategy.params())
-        fed = self.federation
-        if fed.sign and not fed.demo_keys and fed.keys_dir is None:
-            raise ValueError(
-                "federation.keys_dir is required to sign (or set federation.demo_keys: true, "
-                "or federation.sign: false)"
-            )
+
         ranks = sorted({s.lora_r or self.lora.r for s in self.silos})
         if len(ranks) > 1 and self.strategy.name not in MIXED_RANK_STRATEGIES:
             raise ValueError(

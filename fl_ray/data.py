@@ -2,6 +2,10 @@
 
 Runs only inside a silo. The Arrow cache goes under the silo's own data directory
 (``<data_dir>/.cache``) rather than ``$HF_HOME``: cached tokens are data too, and must stay put.
+
+``data.source: random_tokens`` replaces the files with the fedbench-tiny workload (DESIGN.md,
+"fedbench-tiny"; ../shared/bench/): uniform random token ids drawn exactly as the peer scripts
+draw them, loss on every token, consecutive batch windows -- for benchmarks, not for learning.
 """
 
 from __future__ import annotations
@@ -92,3 +96,37 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> torch.
     """One batch of example indices, sampled without replacement from a seeded generator."""
     size = min(batch_size, n)
     return torch.randperm(n, generator=generator)[:size]
+
+
+# Held-out sequences per silo in random_tokens mode: random ids carry nothing to learn, so the
+# held-out loss only proves the evaluation path runs. The peers evaluate nothing; one sequence
+# keeps fl_ray's per-round evaluation (~1/20 of a training step per silo) out of the comparison.
+RANDOM_EVAL_SEQS = 1
+
+
+def random_token_splits(
+    seqs: int, seq_len: int, vocab_size: int, seed: int
+) -> tuple[TokenizedSplit, TokenizedSplit]:
+    """fedbench-tiny's data for one silo: (train, eval) splits of uniform random token ids.
+
+    The train ids are exactly the peers' ``torch.randint(0, vocab, (seqs, seq_len),
+    generator=torch.Generator().manual_seed(seed))``; the eval ids are the same generator's next
+    draw, so adding them changes nothing the peers see. Labels are the ids themselves (the
+    peers' ``labels=b``: loss on every token) and there is no padding.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    train_ids = torch.randint(0, vocab_size, (seqs, seq_len), generator=gen)
+    eval_ids = torch.randint(0, vocab_size, (RANDOM_EVAL_SEQS, seq_len), generator=gen)
+    return _unpadded(train_ids), _unpadded(eval_ids)
+
+
+def _unpadded(ids: torch.Tensor) -> TokenizedSplit:
+    # labels may alias the ids: nothing writes to either after creation
+    return TokenizedSplit(ids, ids, torch.ones_like(ids))
+
+
+def sequential_batch(n: int, batch_size: int, step: int) -> torch.Tensor:
+    """Indices of the ``step``-th consecutive window, wrapping like the peers'
+    ``off = step * batch % n; x[off:off + batch]`` (a window past the end is cut short)."""
+    off = step * batch_size % n
+    return torch.arange(off, min(off + batch_size, n))

@@ -25,9 +25,10 @@ class LocalSiloPool:
                 recipe.data,
                 recipe.train,
                 recipe.seed,
+                silo_index=index,
                 **silo_options(recipe.strategy.name, recipe.strategy.params()),
             )
-            for spec in recipe.silos
+            for index, spec in enumerate(recipe.silos)
         }
         self.names = sorted(self.silos)
 

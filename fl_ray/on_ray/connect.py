@@ -31,7 +31,8 @@ def connect(recipe: Recipe) -> bool:
         ray.init(runtime_env={"env_vars": _worker_env()}, log_to_driver=True)
         return False
     # Logical CPUs: every silo actor holds its CPUs for life, so ask for at least their sum.
-    wanted = sum(s.num_cpus for s in recipe.silos)
+    packed = recipe.placement.mode == "pack"  # packed workers take the cores, not the silos
+    wanted = 0 if packed else sum(s.num_cpus for s in recipe.silos)
     ray.init(
         address="local",
         num_cpus=max(os.cpu_count() or 1, math.ceil(wanted)),

@@ -11,6 +11,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fl_ray.config import Recipe
 from fl_ray.coordinator import Coordinator
+from fl_ray.on_ray.pack_pool import PackedRaySiloPool
 from fl_ray.on_ray.silo_pool import RaySiloPool
 from fl_ray.receipts.session import CoordinatorNotary, RunIdentity
 from fl_ray.rundir import RunDir
@@ -27,7 +28,10 @@ class _CoordinatorActor:
             notary = None
             if identity is not None:  # the coordinator's key is opened here, in its process
                 notary = CoordinatorNotary(identity, recipe.base_model.path)
-            self.pool = RaySiloPool(recipe, identity)
+            if recipe.placement.mode == "pack":  # simulation: few workers, many silos
+                self.pool = PackedRaySiloPool(recipe, identity=identity)
+            else:
+                self.pool = RaySiloPool(recipe, identity)
             self.coordinator = Coordinator(recipe, RunDir(run_root), self.pool, notary)
         except Exception as err:
             self.startup_error = err

@@ -26,6 +26,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskErro
 from fl_ray.config import Recipe, SiloSpec
 from fl_ray.coordinator import SiloFailure, state_nbytes
 from fl_ray.model import AdapterState, attach_lora, load_base
+from fl_ray.receipts.session import RunIdentity, SiloSigner
 from fl_ray.silo import Silo, SiloUpdate
 from fl_ray.strategies import silo_options
 
@@ -42,7 +43,17 @@ class Traffic:
 class _PackWorker:
     """One process hosting several virtual silos around shared base models."""
 
-    def __init__(self, recipe: Recipe, members: list[tuple[int, SiloSpec]], threads: int) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        members: list[tuple[int, SiloSpec]],
+        threads: int,
+        identity: RunIdentity | None = None,
+    ) -> None:
+        # simulation: this process holds the keys of the virtual silos it hosts
+        self.signers = {
+            spec.name: SiloSigner(identity, spec.name) for _, spec in members if identity
+        }
         models: dict[int | None, torch.nn.Module] = {}
         options = silo_options(recipe.strategy.name, recipe.strategy.params())
         self.silos: dict[str, Silo] = {}
@@ -78,6 +89,10 @@ class _PackWorker:
                 replies[name] = SiloFailure(name, f"{type(err).__name__}: {err}"[:300])
                 continue
             update.node_id = self.node_id
+            if name in self.signers:
+                update.signature = self.signers[name].sign(
+                    round_num, update.state, update.num_examples, global_state
+                )
             replies[name] = update
         return replies
 
@@ -113,7 +128,9 @@ def pack_layout(recipe: Recipe, cpus: int) -> tuple[int, int, list[list[tuple[in
 class PackedRaySiloPool:
     """The :class:`fl_ray.coordinator.SiloPool` of ``placement.mode: pack``."""
 
-    def __init__(self, recipe: Recipe, cpus: int | None = None) -> None:
+    def __init__(
+        self, recipe: Recipe, cpus: int | None = None, identity: RunIdentity | None = None
+    ) -> None:
         """``cpus``: cores to fill (default: this machine's); ``placement.pack_workers`` wins."""
         pinned = [s.name for s in recipe.silos if s.node_label]
         if pinned:
@@ -131,7 +148,9 @@ class PackedRaySiloPool:
             max_task_retries=0,
         )
         self.members = [[spec.name for _, spec in group] for group in members]
-        self.workers = [remote_cls.remote(recipe, group, self.threads) for group in members]
+        self.workers = [
+            remote_cls.remote(recipe, group, self.threads, identity) for group in members
+        ]
         self.worker_of = {n: w for w, group in enumerate(self.members) for n in group}
         self._put_state: AdapterState | None = None
         self._put_ref: ray.ObjectRef | None = None

@@ -40,6 +40,7 @@ class _SiloActor:
             recipe.data,
             recipe.train,
             recipe.seed,
+            silo_index=recipe.silos.index(spec),
             **silo_options(recipe.strategy.name, recipe.strategy.params()),
         )
         self.node_id = ray.get_runtime_context().get_node_id()
