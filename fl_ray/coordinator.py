@@ -52,6 +52,10 @@ class SiloPool(Protocol):
     def close(self) -> None: ...
 
 
+# strategies that add noise: their seed must stay secret (see Coordinator._merge_seed)
+NOISY_STRATEGIES = frozenset({"dp"})
+
+
 def state_nbytes(state: AdapterState) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
 
@@ -232,7 +236,7 @@ class Coordinator:
                 [accepted[n].state for n in names],
                 weights,
                 self.server_state,
-                seed=derive_seed(recipe.seed, "merge", round_num),
+                seed=self._merge_seed(round_num),
             )
             new_global, new_server = merged.state, merged.server_state
             merge_info = label_indices(merged.info, names)  # update positions -> silo names
@@ -298,6 +302,13 @@ class Coordinator:
             metrics,
         )
         return {"receipt.json": blob}
+
+    def _merge_seed(self, round_num: int) -> int:
+        """The public per-round seed -- except for noise-adding strategies in a signed run,
+        whose noise must not be recomputable from the recipe (it would be subtracted)."""
+        if self.recipe.strategy.name in NOISY_STRATEGIES and self.notary is not None:
+            return self.notary.secret_seed("merge", round_num)
+        return derive_seed(self.recipe.seed, "merge", round_num)
 
     def _weight(self, update: SiloUpdate) -> float:
         spec = next(s for s in self.recipe.silos if s.name == update.silo)

@@ -7,6 +7,8 @@ a silo's private key is decrypted only in that silo's actor and never travels.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +74,7 @@ class CoordinatorNotary:
             expected_address=keys.roster.coordinator,
         )
         self.identity = identity
+        self._key = account.key
         self.notary = RoundNotary(
             account,
             keys.federation_id,
@@ -80,6 +83,12 @@ class CoordinatorNotary:
             base_model_fingerprint(base_model_path),
         )
         self.prev_receipt = ZERO_HASH
+
+    def secret_seed(self, *parts: object) -> int:
+        """A seed only the coordinator can compute (keyed by its private key), stable across
+        resumes: DP noise drawn from a public seed could be recomputed and subtracted."""
+        mac = hmac.new(bytes(self._key), repr(parts).encode(), hashlib.sha256).digest()
+        return int.from_bytes(mac[:8], "big") >> 1
 
     def resume_after(self, round_dir) -> None:
         """Continue the chain from the receipt of the last complete round."""
