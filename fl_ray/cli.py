@@ -106,7 +106,10 @@ FEATURE_CLIS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fl-ray", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fl-ray",
+        description="Federated LoRA fine-tuning across data silos on Ray, with signed receipts.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for register in REGISTRARS:
         register(sub)
