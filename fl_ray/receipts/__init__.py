@@ -35,7 +35,8 @@ from fl_ray.receipts.keys import (
     prepare_run_keys,
 )
 from fl_ray.receipts.typed_data import SignatureError, recover_update_signer, sign_update
-from fl_ray.receipts.verify import VerifyFailure, VerifyResult, verify_run
+from fl_ray.receipts.verdict import VerifyFailure, VerifyResult
+from fl_ray.receipts.verify import verify_run
 
 __all__ = [
     "EMPTY_STATE_HASH",

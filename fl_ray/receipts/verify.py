@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -46,53 +46,13 @@ from fl_ray.receipts.hashing import (
 )
 from fl_ray.receipts.keys import ROSTER_FILE, Roster, load_roster
 from fl_ray.receipts.typed_data import SignatureError, recover_update_signer
+from fl_ray.receipts.verdict import VerifyAbort, VerifyResult, abort
 
 # Strategies whose merge draws privacy noise: the verifier says so instead of recomputing.
 NOISY_STRATEGIES = {"dp": "noise (dp adds Gaussian privacy noise to the merge)"}
 FINAL_ADAPTER = Path("final") / "adapter" / "adapter_model.safetensors"
 
 AdapterState = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class VerifyFailure:
-    """The first thing that did not check out."""
-
-    round: int | None
-    field: str
-    file: str  # relative to the run directory (absolute for files outside it)
-    message: str
-
-    def __str__(self) -> str:
-        where = "run" if self.round is None else f"round {self.round}"
-        return f"{where}: field {self.field} in {self.file}: {self.message}"
-
-
-@dataclass
-class VerifyResult:
-    """``ok`` with every round checked, or the first ``failure``."""
-
-    ok: bool
-    rounds: list[int]
-    failure: VerifyFailure | None
-    receipt_hashes: dict[int, str]
-    notes: list[str] = field(default_factory=list)
-    roster_path: Path | None = None
-
-    @property
-    def head(self) -> str | None:
-        """The last verified receipt's hash (the chain head)."""
-        return self.receipt_hashes[max(self.receipt_hashes)] if self.receipt_hashes else None
-
-
-class _Failed(Exception):
-    def __init__(self, failure: VerifyFailure) -> None:
-        super().__init__(str(failure))
-        self.failure = failure
-
-
-def _fail(round_num: int | None, field_name: str, file: str, message: str) -> _Failed:
-    return _Failed(VerifyFailure(round_num, field_name, file, message))
 
 
 class _StateFile:
@@ -103,11 +63,11 @@ class _StateFile:
         try:
             self.blob = path.read_bytes()
         except FileNotFoundError:
-            raise _fail(round_num, field_name, rel, "file missing") from None
+            raise abort(round_num, field_name, rel, "file missing") from None
         try:
             self.hash = safetensors_state_hash(self.blob)
         except ValueError as err:
-            raise _fail(round_num, field_name, rel, f"unreadable safetensors ({err})") from None
+            raise abort(round_num, field_name, rel, f"unreadable safetensors ({err})") from None
         self._tensors: AdapterState | None = None
 
     def tensors(self) -> AdapterState:
@@ -116,7 +76,7 @@ class _StateFile:
                 self._tensors = load_safetensors(self.blob)
             except (SafetensorError, ValueError, RuntimeError) as err:
                 msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-                raise _fail(self.round, self.field, self.rel, f"unreadable ({msg})") from None
+                raise abort(self.round, self.field, self.rel, f"unreadable ({msg})") from None
         return self._tensors
 
 
@@ -183,17 +143,17 @@ class _Verifier:
         try:
             metrics_blob = (rdir / "metrics.json").read_bytes()
         except FileNotFoundError:
-            raise _fail(r, "metrics_hash", metrics_rel, "file missing") from None
+            raise abort(r, "metrics_hash", metrics_rel, "file missing") from None
         if sha256_hex(metrics_blob) != m["metrics_hash"]:
-            raise _fail(r, "metrics_hash", metrics_rel, "file does not hash to the receipt's")
+            raise abort(r, "metrics_hash", metrics_rel, "file does not hash to the receipt's")
 
         global_rel = f"{rel}/global.safetensors"
         global_file = _StateFile(rdir / "global.safetensors", r, "global_after", global_rel)
         if global_file.hash != m["global_after"]:
-            raise _fail(r, "global_after", global_rel, "adapter does not hash to the receipt's")
+            raise abort(r, "global_after", global_rel, "adapter does not hash to the receipt's")
         start_hash = prev.global_hash if prev else m["global_after"]
         if m["global_before"] != start_hash:
-            raise _fail(
+            raise abort(
                 r, "global_before", receipt_rel, "is not the previous round's global adapter"
             )
 
@@ -206,14 +166,14 @@ class _Verifier:
         else:
             server_rel, server_hash = f"{rel}/server_state.safetensors (absent)", EMPTY_STATE_HASH
         if server_hash != m["server_state_after"]:
-            raise _fail(r, "server_state_after", server_rel, "does not hash to the receipt's")
+            raise abort(r, "server_state_after", server_rel, "does not hash to the receipt's")
 
         updates = self._check_contributions(r, m, rdir, rel, receipt_rel)
         status = m["status"]
         if status in ("initial", "aborted"):
             prev_server = prev.server_hash if prev else EMPTY_STATE_HASH
             if m["global_after"] != m["global_before"] or server_hash != prev_server:
-                raise _fail(r, "global_after", receipt_rel, f"a round {status} must not change it")
+                raise abort(r, "global_after", receipt_rel, f"a round {status} must not change it")
             how = "unchanged"
         else:
             assert prev is not None  # round 0 is always "initial"
@@ -232,14 +192,14 @@ class _Verifier:
         try:
             blob = path.read_bytes()
         except FileNotFoundError:
-            raise _fail(r, "receipt", rel, "file missing") from None
+            raise abort(r, "receipt", rel, "file missing") from None
         try:
             receipt = parse_receipt(blob)
         except ReceiptFormatError as err:
-            raise _fail(r, err.field, rel, str(err).split(": ", 1)[-1]) from None
+            raise abort(r, err.field, rel, str(err).split(": ", 1)[-1]) from None
         m = receipt.message
         if m["federation"] != self.roster.federation:
-            raise _fail(
+            raise abort(
                 r,
                 "federation",
                 rel,
@@ -247,20 +207,20 @@ class _Verifier:
                 f"the roster's is {self.roster.federation!r}",
             )
         if m["round"] != r:
-            raise _fail(r, "round", rel, f"receipt is for round {m['round']}, found in round {r}")
+            raise abort(r, "round", rel, f"receipt is for round {m['round']}, found in round {r}")
         expected_prev = prev.receipt_hash if prev else ZERO_HASH
         if m["prev_receipt"] != expected_prev:
-            raise _fail(r, "prev_receipt", rel, f"does not link to {expected_prev[:18]}…")
+            raise abort(r, "prev_receipt", rel, f"does not link to {expected_prev[:18]}…")
         if params_hash(receipt.strategy_params) != m["strategy_params_hash"]:
-            raise _fail(r, "strategy_params", rel, "do not hash to strategy_params_hash")
+            raise abort(r, "strategy_params", rel, "do not hash to strategy_params_hash")
         if receipt.signer != self.roster.coordinator:
-            raise _fail(r, "signer", rel, "is not the roster's coordinator address")
+            raise abort(r, "signer", rel, "is not the roster's coordinator address")
         try:
             recovered = receipt.recover_signer()
         except SignatureError as err:
-            raise _fail(r, "signature", rel, str(err)) from None
+            raise abort(r, "signature", rel, str(err)) from None
         if recovered != self.roster.coordinator:
-            raise _fail(
+            raise abort(
                 r, "signature", rel, f"recovers to {recovered}, not the roster's coordinator"
             )
         return receipt
@@ -269,42 +229,42 @@ class _Verifier:
         self, r: int, m: dict[str, Any], receipt: ParsedReceipt, receipt_rel: str
     ) -> None:
         if m["run_id"] != self.recipe.run_name:
-            raise _fail(r, "run_id", "recipe.yaml", f"run_name is not {m['run_id']!r}")
+            raise abort(r, "run_id", "recipe.yaml", f"run_name is not {m['run_id']!r}")
         if m["recipe_hash"] != self.recipe_hash:
-            raise _fail(r, "recipe_hash", "recipe.yaml", "does not hash to the receipt's")
+            raise abort(r, "recipe_hash", "recipe.yaml", "does not hash to the receipt's")
         if self.base_fingerprint is not None and m["base_fingerprint"] != self.base_fingerprint:
-            raise _fail(
+            raise abort(
                 r, "base_fingerprint", self.recipe.base_model.path, "differs from the receipt's"
             )
         expected_status = ("initial",) if r == 0 else ("ok", "aborted")
         if m["status"] not in expected_status:
-            raise _fail(r, "status", receipt_rel, f"{m['status']!r} in round {r}")
+            raise abort(r, "status", receipt_rel, f"{m['status']!r} in round {r}")
         strategy = self.recipe.strategy
         if m["strategy"] != strategy.name or receipt.strategy_params != strategy.params():
-            raise _fail(r, "strategy", "recipe.yaml", "strategy or parameters differ from receipt")
+            raise abort(r, "strategy", "recipe.yaml", "strategy or parameters differ from receipt")
 
     def _check_contributions(
         self, r: int, m: dict[str, Any], rdir: Path, rel: str, receipt_rel: str
     ) -> dict[str, _StateFile] | None:
         """Check silo signatures and stored update files; returns the updates if all stored."""
         if m["status"] == "initial" and m["contributions"]:
-            raise _fail(r, "contributions", receipt_rel, "round 0 has no contributions")
+            raise abort(r, "contributions", receipt_rel, "round 0 has no contributions")
         for item in m["dropped"]:
             if item["silo"] not in self.roster.silos:
-                raise _fail(r, f"dropped[{item['silo']}]", receipt_rel, "silo not in the roster")
+                raise abort(r, f"dropped[{item['silo']}]", receipt_rel, "silo not in the roster")
         listed = {c["silo"] for c in m["contributions"]}
         stored = {p.stem: p for p in (rdir / "updates").glob("*.safetensors")}
         for extra in sorted(set(stored) - listed):
-            raise _fail(
+            raise abort(
                 r, "contributions", f"{rel}/updates/{extra}.safetensors", "silo not in the receipt"
             )
         updates: dict[str, _StateFile] = {}
         for c in m["contributions"]:
             silo, where = c["silo"], f"contributions[{c['silo']}]"
             if silo not in self.roster.silos or silo not in self.recipe_silos:
-                raise _fail(r, f"{where}.silo", receipt_rel, "silo not in the roster and recipe")
+                raise abort(r, f"{where}.silo", receipt_rel, "silo not in the roster and recipe")
             if c["address"] != self.roster.silos[silo]:
-                raise _fail(r, f"{where}.address", receipt_rel, "is not the roster's address")
+                raise abort(r, f"{where}.address", receipt_rel, "is not the roster's address")
             try:
                 signer = recover_update_signer(
                     m["federation"],
@@ -318,21 +278,21 @@ class _Verifier:
                     checked=True,  # every field comes from the type-checked receipt
                 )
             except SignatureError as err:
-                raise _fail(r, f"{where}.signature", receipt_rel, str(err)) from None
+                raise abort(r, f"{where}.signature", receipt_rel, str(err)) from None
             if signer != c["address"]:
-                raise _fail(
+                raise abort(
                     r, f"{where}.signature", receipt_rel, f"recovers to {signer}, not the silo"
                 )
             if silo in stored:
                 update_rel = f"{rel}/updates/{silo}.safetensors"
                 state = _StateFile(stored[silo], r, f"{where}.update_hash", update_rel)
                 if state.hash != c["update_hash"]:
-                    raise _fail(
+                    raise abort(
                         r, f"{where}.update_hash", update_rel, "does not hash to the receipt's"
                     )
                 updates[silo] = state
             elif self.recipe.output.save_updates and m["status"] == "ok":
-                raise _fail(
+                raise abort(
                     r,
                     f"{where}.update_hash",
                     f"{rel}/updates/{silo}.safetensors",
@@ -376,16 +336,16 @@ class _Verifier:
             )
         except (ValueError, KeyError, RuntimeError) as err:
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise _fail(
+            raise abort(
                 r, "strategy", global_file.rel, f"merge could not be recomputed: {msg}"
             ) from None
         if state_hash(merged.state) != m["global_after"]:
             diff = _max_abs_diff(merged.state, global_file.tensors())
-            raise _fail(
+            raise abort(
                 r, "merge", global_file.rel, f"recomputed {name} merge differs from stored ({diff})"
             )
         if state_hash(merged.server_state) != m["server_state_after"]:
-            raise _fail(
+            raise abort(
                 r,
                 "merge",
                 global_file.rel.replace("global", "server_state"),
@@ -397,7 +357,7 @@ class _Verifier:
 def _round_dirs(root: Path, notes: list[str]) -> list[int]:
     rounds_dir = root / "rounds"
     if not rounds_dir.is_dir():
-        raise _fail(None, "rounds", "rounds", "directory missing")
+        raise abort(None, "rounds", "rounds", "directory missing")
     found: list[int] = []
     for entry in sorted(rounds_dir.iterdir()):
         if entry.name.startswith(".tmp-"):
@@ -405,12 +365,12 @@ def _round_dirs(root: Path, notes: list[str]) -> list[int]:
         elif entry.name.isdigit() and len(entry.name) == 5 and entry.is_dir():
             found.append(int(entry.name))
         else:
-            raise _fail(None, "rounds", f"rounds/{entry.name}", "not a round directory")
+            raise abort(None, "rounds", f"rounds/{entry.name}", "not a round directory")
     if not found:
-        raise _fail(0, "rounds", "rounds/00000", "no rounds in the run")
+        raise abort(0, "rounds", "rounds/00000", "no rounds in the run")
     for expected, got in enumerate(found):
         if got != expected:
-            raise _fail(expected, "rounds", f"rounds/{expected:05d}", "round directory missing")
+            raise abort(expected, "rounds", f"rounds/{expected:05d}", "round directory missing")
     return found
 
 
@@ -434,7 +394,7 @@ def _load_run_recipe(root: Path) -> tuple[Recipe, str]:
         return _parse_recipe_text((root / "recipe.yaml").read_text("utf-8"))
     except (RecipeError, yaml.YAMLError, UnicodeDecodeError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise _fail(None, "recipe", "recipe.yaml", msg) from None
+        raise abort(None, "recipe", "recipe.yaml", msg) from None
 
 
 def verify_run(
@@ -472,7 +432,7 @@ def verify_run(
     try:
         recipe, recipe_hash = _load_run_recipe(root)
         if recipe.federation.id != roster.federation:
-            raise _fail(
+            raise abort(
                 None,
                 "federation",
                 str(roster_file),
@@ -501,7 +461,7 @@ def verify_run(
         if upto_round is None and prev is not None and final.is_file():
             adapter = _StateFile(final, rounds[-1], "final adapter", str(FINAL_ADAPTER))
             if adapter.hash != prev.global_hash:
-                raise _fail(
+                raise abort(
                     rounds[-1],
                     "final adapter",
                     str(FINAL_ADAPTER),
@@ -509,6 +469,6 @@ def verify_run(
                 )
             say(f"{FINAL_ADAPTER} is round {rounds[-1]}'s global adapter")
         result.ok = True
-    except _Failed as failed:
+    except VerifyAbort as failed:
         result.failure = failed.failure
     return result
