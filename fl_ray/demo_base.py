@@ -8,7 +8,6 @@ recipes can name it by local path exactly like a real 7B/70B checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -138,11 +137,3 @@ def build_demo_base(
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     return out
-
-
-def weights_digest(model_dir: str | Path) -> str:
-    """sha256 over the safetensors weight files (for determinism checks)."""
-    h = hashlib.sha256()
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        h.update(path.read_bytes())
-    return h.hexdigest()

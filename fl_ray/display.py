@@ -13,6 +13,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
+def _change(before: float | None, after: float | None) -> str:
+    return f"{(after - before) / before * 100:+.1f}%" if before and after is not None else "-"
+
+
 class RunDisplay:
     """Live per-round progress with per-silo losses (rich; plain text when not a terminal)."""
 
@@ -66,11 +70,9 @@ def result_table(first: dict[str, Any], last: dict[str, Any]) -> Table:
     for name in sorted(first.get("silos", {})):
         a = first["silos"][name].get("eval_loss")
         b = last.get("silos", {}).get(name, {}).get("eval_loss")
-        change = f"{(b - a) / a * 100:+.1f}%" if a and b is not None else "-"
-        table.add_row(name, _fmt(a), _fmt(b), change)
+        table.add_row(name, _fmt(a), _fmt(b), _change(a, b))
     a, b = first.get("eval_loss"), last.get("eval_loss")
-    change = f"{(b - a) / a * 100:+.1f}%" if a and b is not None else "-"
-    table.add_row("[bold]mean[/bold]", _fmt(a), _fmt(b), change)
+    table.add_row("[bold]mean[/bold]", _fmt(a), _fmt(b), _change(a, b))
     return table
 
 

@@ -6,7 +6,6 @@ so ``ray job submit -- fl-ray run ...`` behaves exactly like a local run.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -177,7 +176,3 @@ def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
         keys = sorted(set(a) | set(b))
         return [k for key in keys for k in _changed_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
     return [] if a == b else [prefix.rstrip(".")]
-
-
-def print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True))

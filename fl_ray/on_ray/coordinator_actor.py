@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import ray
@@ -35,9 +34,6 @@ class _CoordinatorActor:
             self.coordinator = Coordinator(recipe, RunDir(run_root), self.pool, notary)
         except Exception as err:
             self.startup_error = err
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def start(self) -> dict[str, Any]:
         if self.startup_error is not None:
