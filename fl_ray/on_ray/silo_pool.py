@@ -153,6 +153,8 @@ class RaySiloPool:
                 raise RuntimeError(f"silo {name} {why}")
             ray.kill(self.actors.pop(name), no_restart=True)
             self.unplaceable[name] = why
+        # the node each silo runs on, as Ray placed it (tests and operators check pinning)
+        self.node_ids = {n: r for n, r in ready.items() if n in self.actors}
 
     def _gather(self, refs: dict[str, ray.ObjectRef], timeout_s: float | None) -> dict[str, Any]:
         """Wait for all replies until the deadline; what is missing then is a failure."""
